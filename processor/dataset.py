@@ -1,0 +1,147 @@
+"""Reading series and their labels from files, with errors a person can act on."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+
+class DataError(Exception):
+    """Input data cannot be used; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class Series:
+    """One key's observations in time order; `labels` marks known anomalous rows."""
+
+    key: str
+    timestamps: npt.NDArray[np.int64]  # epoch milliseconds, in file/arrival order
+    values: npt.NDArray[np.float64]
+    labels: npt.NDArray[np.bool_] | None = None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def slice(self, start: int, stop: int | None = None) -> Series:
+        lab = None if self.labels is None else self.labels[start:stop]
+        return Series(self.key, self.timestamps[start:stop], self.values[start:stop], lab)
+
+
+Windows = list[tuple[int, int]]
+
+
+def read_csv(path: Path, key: str | None = None, label_column: str = "label") -> Series:
+    """Load `timestamp,value[,label]`. Naive timestamps are taken as UTC."""
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: no such file") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc})") from exc
+    missing = {"timestamp", "value"} - set(frame.columns)
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {sorted(missing)}; expected a header "
+            f"'timestamp,value' (found {list(frame.columns)})"
+        )
+    if frame.empty:
+        raise DataError(f"{path}: no rows")
+    ts = pd.to_datetime(frame["timestamp"], utc=True, errors="coerce", format="mixed")
+    bad_ts = ts.isna()
+    if bad_ts.any():
+        row = int(np.argmax(bad_ts.to_numpy())) + 2
+        raise DataError(f"{path}:{row}: timestamp {frame['timestamp'].iloc[row - 2]!r} "
+                        "does not parse")
+    values = pd.to_numeric(frame["value"], errors="coerce")
+    bad_v = values.isna() | ~np.isfinite(values.to_numpy(dtype=np.float64, na_value=np.nan))
+    if bad_v.any():
+        row = int(np.argmax(bad_v.to_numpy())) + 2
+        raise DataError(f"{path}:{row}: value {frame['value'].iloc[row - 2]!r} is not a "
+                        "finite number")
+    ms = ts.dt.tz_localize(None).to_numpy().astype("datetime64[ms]").astype(np.int64)
+    labels = None
+    if label_column in frame.columns:
+        labels = frame[label_column].astype(bool).to_numpy()
+    return Series(key or path.stem, ms, values.to_numpy(np.float64), labels)
+
+
+def in_order_mask(timestamps: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """True for rows whose timestamp is after every earlier row's.
+
+    The stream processor dead-letters a record that is not newer than the last one of its
+    key (duplicate or late); files are filtered by the same rule so that scoring a file
+    offline and streaming it give the same rows the same scores.
+    """
+    if len(timestamps) == 0:
+        return np.zeros(0, bool)
+    previous_max = np.maximum.accumulate(np.r_[np.iinfo(np.int64).min, timestamps[:-1]])
+    return np.asarray(timestamps > previous_max)
+
+
+def keep_in_order(series: Series) -> tuple[Series, int]:
+    """The series without its duplicate or late rows, and how many were dropped."""
+    mask = in_order_mask(series.timestamps)
+    dropped = int((~mask).sum())
+    if not dropped:
+        return series, 0
+    lab = None if series.labels is None else series.labels[mask]
+    return Series(series.key, series.timestamps[mask], series.values[mask], lab), dropped
+
+
+def _parse_time(text: str) -> int:
+    t = pd.Timestamp(text)
+    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    return int(t.value // 1_000_000)
+
+
+def read_windows(path: Path, csv_path: Path | None = None) -> Windows:
+    """Anomaly windows as (start_ms, end_ms), inclusive.
+
+    Accepts NAB's `combined_windows.json` (a dict keyed by `<category>/<file>.csv`; the
+    entry is found by the CSV's name) or a plain list of `[start, end]` pairs.
+    """
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: no such file") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from exc
+    if isinstance(raw, dict):
+        if csv_path is None:
+            raise DataError(f"{path}: a windows dict needs the CSV it belongs to")
+        matches = [k for k in raw if Path(k).name == csv_path.name]
+        if not matches:
+            raise DataError(f"{path}: no windows for {csv_path.name}")
+        raw = raw[matches[0]]
+    if not isinstance(raw, list):
+        raise DataError(f"{path}: expected a list of [start, end] pairs")
+    windows: Windows = []
+    for pair in raw:
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise DataError(f"{path}: window {pair!r} is not a [start, end] pair")
+        try:
+            start, end = _parse_time(str(pair[0])), _parse_time(str(pair[1]))
+        except ValueError as exc:
+            raise DataError(f"{path}: window {pair!r} has a bad timestamp") from exc
+        if end < start:
+            raise DataError(f"{path}: window {pair!r} ends before it starts")
+        windows.append((start, end))
+    return windows
+
+
+def label_rows(timestamps: npt.NDArray[np.int64], windows: Windows) -> npt.NDArray[np.bool_]:
+    """True for rows inside any window (edges included)."""
+    labels = np.zeros(len(timestamps), bool)
+    for start, end in windows:
+        labels |= (timestamps >= start) & (timestamps <= end)
+    return labels
+
+
+def with_windows(series: Series, windows: Windows) -> Series:
+    return Series(series.key, series.timestamps, series.values,
+                  label_rows(series.timestamps, windows))

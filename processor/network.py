@@ -1,0 +1,139 @@
+"""The LSTM that predicts the next value of a (scaled) series from the window before it.
+
+TensorFlow is imported here and nowhere in the pure modules, so the stream's decoding,
+windowing and scoring stay importable (and testable) without it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import numpy.typing as npt
+import tensorflow as tf
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    window: int = 50
+    units: int = 64
+    layers: int = 1
+    dropout: float = 0.0
+
+
+def build_network(spec: NetworkSpec) -> keras.Model:
+    """Stacked LSTM -> Dense(1): one-step-ahead regression on the scaled series."""
+    model = keras.Sequential(name="lstm_predictor")
+    model.add(keras.Input(shape=(spec.window, 1)))
+    for i in range(spec.layers):
+        model.add(
+            keras.layers.LSTM(spec.units, return_sequences=i < spec.layers - 1, name=f"lstm_{i}")
+        )
+        if spec.dropout > 0:
+            model.add(keras.layers.Dropout(spec.dropout))
+    model.add(keras.layers.Dense(1, name="next_value"))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    return model
+
+
+@dataclass(frozen=True)
+class FitResult:
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    train_loss: float
+
+
+def fit_network(
+    model: keras.Model,
+    train: tuple[FloatArray, FloatArray],
+    val: tuple[FloatArray, FloatArray],
+    *,
+    epochs: int,
+    batch_size: int,
+    patience: int,
+    verbose: int = 2,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train with early stopping on validation loss, keeping the best weights."""
+    x_train, y_train = train
+    x_val, y_val = val
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=patience, restore_best_weights=True
+        )
+    ]
+    if on_epoch is not None:
+        callbacks.append(
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: on_epoch(epoch, dict(logs or {}))
+            )
+        )
+    history = model.fit(
+        x_train[..., None],
+        y_train,
+        validation_data=(x_val[..., None], y_val),
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    val_losses = [float(v) for v in history.history["val_loss"]]
+    best = int(np.argmin(val_losses))
+    return FitResult(
+        epochs_run=len(val_losses),
+        best_epoch=best + 1,
+        best_val_loss=val_losses[best],
+        train_loss=float(history.history["loss"][best]),
+    )
+
+
+class Predictor:
+    """Batched inference as one traced graph call instead of `model.predict`.
+
+    `model.predict` sets up a data pipeline per call, which costs milliseconds even for one
+    window. A `tf.function` with a fixed input signature traces once for every batch size.
+    """
+
+    def __init__(self, model: keras.Model, window: int, max_batch: int = 8192) -> None:
+        self.model = model
+        self.window = window
+        self.max_batch = max_batch
+
+        @tf.function(  # type: ignore[untyped-decorator]
+            input_signature=[tf.TensorSpec([None, window], tf.float32)]
+        )
+        def _forward(x: tf.Tensor) -> tf.Tensor:
+            return tf.reshape(model(tf.expand_dims(x, -1), training=False), [-1])
+
+        self._forward = _forward
+
+    def __call__(self, windows: FloatArray) -> FloatArray:
+        """Predict the next scaled value for each row of `windows` (n, window)."""
+        x = np.asarray(windows, np.float32)
+        if x.ndim != 2 or x.shape[1] != self.window:
+            raise ValueError(f"expected windows of shape (n, {self.window}), got {x.shape}")
+        if len(x) == 0:
+            return np.empty(0, np.float32)
+        parts = [
+            self._forward(tf.constant(x[i : i + self.max_batch])).numpy()
+            for i in range(0, len(x), self.max_batch)
+        ]
+        return np.concatenate(parts).astype(np.float32)
+
+
+def set_seed(seed: int) -> None:
+    keras.utils.set_random_seed(seed)
+
+
+def load_network(path: str) -> keras.Model:
+    return keras.models.load_model(path, compile=False)

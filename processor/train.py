@@ -1,0 +1,222 @@
+"""The offline training job: series in, a scored and versioned model out.
+
+Per key, the series is split in time order into train / validation / test. The shared
+LSTM learns from the normal part of every key's training windows (labelled anomalies kept
+out), early-stopping on the normal validation windows. Each key's Gaussian is fitted by
+maximum likelihood to its training errors; the threshold is chosen on validation data
+(F-beta with labels, a low quantile without) and judged on the test part.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+from pydantic import BaseModel, Field
+
+from processor.dataset import DataError, Series, keep_in_order
+from processor.gaussian import Gaussian, log_pdf
+from processor.model_store import DataRange, ModelMetadata, new_version
+from processor.scoring import Profile, ProfileTable, fit_scaler, score_windows
+from processor.threshold import (
+    ThresholdChoice,
+    best_fbeta_threshold,
+    evaluate,
+    quantile_threshold,
+)
+from processor.windows import sliding_windows
+
+log = structlog.get_logger(__name__)
+
+PARTS = ("train", "val", "test")
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters of one training run (flags of `anomaly train`)."""
+
+    name: str = "default"
+    window: int = Field(50, ge=2, le=1000)
+    units: int = Field(64, ge=1)
+    layers: int = Field(1, ge=1, le=4)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(64, ge=1)
+    patience: int = Field(5, ge=1)
+    train_frac: float = Field(0.5, gt=0, lt=1)
+    val_frac: float = Field(0.25, gt=0, lt=1)
+    beta: float = Field(0.1, gt=0)
+    quantile: float = Field(0.001, gt=0, lt=1)
+    seed: int = 0
+    verbose: int = 2
+
+
+@dataclass
+class KeyWindows:
+    """One key's windows (raw values), targets, and per-target bookkeeping."""
+
+    key: str
+    windows: npt.NDArray[np.float32]
+    targets: npt.NDArray[np.float64]
+    part: npt.NDArray[np.int8]  # 0 train, 1 val, 2 test
+    label: npt.NDArray[np.bool_]  # the target row is labelled anomalous
+    clean: npt.NDArray[np.bool_]  # no labelled row in the window nor the target
+    scale: tuple[float, float] = (0.0, 1.0)
+    scaled_error: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
+
+
+@dataclass
+class TrainOutcome:
+    metadata: ModelMetadata
+    network: Any
+    per_key: list[KeyWindows]
+    log_pd: dict[str, npt.NDArray[np.float64]]
+
+
+def split_points(n: int, cfg: TrainConfig) -> tuple[int, int]:
+    if cfg.train_frac + cfg.val_frac >= 1:
+        raise DataError("train_frac + val_frac must leave a test part (sum below 1)")
+    return int(n * cfg.train_frac), int(n * (cfg.train_frac + cfg.val_frac))
+
+
+def prepare(series: Series, cfg: TrainConfig) -> KeyWindows:
+    """Cut one key into windows and mark each target's part, label and cleanliness."""
+    s, dropped = keep_in_order(series)
+    if dropped:
+        log.warning("rows_dropped_out_of_order", key=s.key, rows=dropped)
+    n = len(s)
+    if n < 4 * cfg.window:
+        raise DataError(f"series {s.key!r} has {n} usable rows; need at least "
+                        f"{4 * cfg.window} for window {cfg.window}")
+    t_end, v_end = split_points(n, cfg)
+    labels = s.labels if s.labels is not None else np.zeros(n, bool)
+    x, y = sliding_windows(s.values, cfg.window)
+    target_row = np.arange(cfg.window, n)
+    part = np.select([target_row < t_end, target_row < v_end], [0, 1], 2).astype(np.int8)
+    lab_windows = np.lib.stride_tricks.sliding_window_view(labels, cfg.window + 1)
+    clean = np.asarray(~lab_windows.any(axis=1), bool)
+    train_values = s.values[:t_end][~labels[:t_end]]
+    kw = KeyWindows(s.key, x, y.astype(np.float64), part, labels[cfg.window:], clean)
+    kw.scale = fit_scaler(train_values)
+    return kw
+
+
+def _scaled(kw: KeyWindows, mask: npt.NDArray[np.bool_]) -> tuple[Any, Any]:
+    mean, std = kw.scale
+    return ((kw.windows[mask] - mean) / std).astype(np.float32), \
+        ((kw.targets[mask] - mean) / std).astype(np.float32)
+
+
+def _stack(per_key: Sequence[KeyWindows], part: int) -> tuple[Any, Any]:
+    xs, ys = zip(*(_scaled(kw, (kw.part == part) & kw.clean) for kw in per_key), strict=True)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def choose_threshold(
+    lpd: npt.NDArray[np.float64], labels: npt.NDArray[np.bool_] | None, cfg: TrainConfig
+) -> ThresholdChoice:
+    if labels is not None and labels.any():
+        return best_fbeta_threshold(lpd, labels, cfg.beta)
+    if labels is not None:
+        log.warning("no_labelled_anomaly_in_validation", fallback="quantile")
+    return quantile_threshold(lpd, cfg.quantile)
+
+
+def train(series: Sequence[Series], cfg: TrainConfig, source: str) -> TrainOutcome:
+    """Train one model version over all given keys (imports TensorFlow)."""
+    from processor import network as nw
+
+    if not series:
+        raise DataError("no series to train on")
+    started = time.monotonic()
+    nw.set_seed(cfg.seed)
+    per_key = [prepare(s, cfg) for s in series]
+    has_labels = any(s.labels is not None for s in series)
+    x_train, y_train = _stack(per_key, 0)
+    x_val, y_val = _stack(per_key, 1)
+    if len(x_train) < cfg.batch_size or len(x_val) < 1:
+        raise DataError(f"too little normal data: {len(x_train)} training and {len(x_val)} "
+                        "validation windows without labelled anomalies")
+    log.info("training_started", keys=len(per_key), train_windows=len(x_train),
+             val_windows=len(x_val), window=cfg.window, units=cfg.units, layers=cfg.layers)
+    spec = nw.NetworkSpec(cfg.window, cfg.units, cfg.layers, cfg.dropout)
+    network = nw.build_network(spec)
+    fit = nw.fit_network(
+        network, (x_train, y_train), (x_val, y_val), epochs=cfg.epochs,
+        batch_size=cfg.batch_size, patience=cfg.patience, verbose=cfg.verbose,
+        on_epoch=lambda e, logs: log.info("epoch", epoch=e + 1, **{
+            k: round(float(v), 6) for k, v in logs.items()}),
+    )
+    predictor = nw.Predictor(network, cfg.window)
+
+    # Errors of every window under the trained network (Gaussian not yet known).
+    for kw in per_key:
+        mean, std = kw.scale
+        probe = ProfileTable({kw.key: Profile(scale_mean=mean, scale_std=std, error_mean=0.0,
+                                              error_var=1.0, threshold=-np.inf)},
+                             Profile(scale_mean=mean, scale_std=std, error_mean=0.0,
+                                     error_var=1.0, threshold=-np.inf))
+        idx = np.zeros(len(kw.targets), np.int64)
+        kw.scaled_error = score_windows(kw.windows, kw.targets, idx, probe, predictor).scaled_error
+
+    gaussians = {kw.key: Gaussian.fit(kw.scaled_error[(kw.part == 0) & kw.clean])
+                 for kw in per_key}
+    pooled = Gaussian.fit(np.concatenate([kw.scaled_error[(kw.part == 0) & kw.clean]
+                                          for kw in per_key]))
+    lpd = {kw.key: log_pdf(kw.scaled_error, gaussians[kw.key].mean, gaussians[kw.key].var)
+           for kw in per_key}
+
+    def pooled_part(part: int) -> tuple[Any, Any]:
+        sel = [(lpd[kw.key][kw.part == part], kw.label[kw.part == part]) for kw in per_key]
+        return np.concatenate([a for a, _ in sel]), np.concatenate([b for _, b in sel])
+
+    val_lpd, val_lab = pooled_part(1)
+    choice = choose_threshold(val_lpd, val_lab if has_labels else None, cfg)
+    test_lpd, test_lab = pooled_part(2)
+    flagged = test_lpd < choice.threshold
+    metrics: dict[str, float | int | None] = {
+        "test_rows": len(test_lpd),
+        "test_flagged": int(flagged.sum()),
+        "val_flagged": int((val_lpd < choice.threshold).sum()),
+        "best_val_loss": fit.best_val_loss,
+    }
+    if has_labels:
+        metrics.update(evaluate(flagged, test_lab, cfg.beta).as_dict("test_"))
+        if choice.validation is not None:
+            metrics.update(choice.validation.as_dict("val_"))
+
+    all_train_values = np.concatenate([
+        s.values[: split_points(len(s), cfg)[0]] for s in series])
+    d_mean, d_std = fit_scaler(all_train_values)
+    profiles = {
+        kw.key: Profile(scale_mean=kw.scale[0], scale_std=kw.scale[1],
+                        error_mean=gaussians[kw.key].mean, error_var=gaussians[kw.key].var,
+                        threshold=choice.threshold)
+        for kw in per_key
+    }
+    default = Profile(scale_mean=d_mean, scale_std=d_std, error_mean=pooled.mean,
+                      error_var=pooled.var, threshold=choice.threshold)
+    first = min(int(s.timestamps[0]) for s in series)
+    last = max(int(s.timestamps[-1]) for s in series)
+    metadata = ModelMetadata(
+        name=cfg.name, version=new_version(), created_at=datetime.now(UTC),
+        window=cfg.window, units=cfg.units, layers=cfg.layers, profiles=profiles,
+        default_profile=default, threshold=choice.threshold,
+        threshold_method=choice.method, beta=cfg.beta if has_labels else None,
+        metrics=metrics,
+        data_range=DataRange(start=datetime.fromtimestamp(first / 1000, UTC),
+                             end=datetime.fromtimestamp(last / 1000, UTC),
+                             rows=sum(len(s) for s in series), source=source),
+        splits={p: int(sum((kw.part == i).sum() for kw in per_key)) for i, p in enumerate(PARTS)},
+        training={"epochs_run": fit.epochs_run, "best_epoch": fit.best_epoch,
+                  "train_loss": fit.train_loss, "seconds": round(time.monotonic() - started, 1),
+                  **cfg.model_dump(exclude={"verbose"})},
+    )
+    log.info("training_finished", version=metadata.version, threshold=choice.threshold,
+             method=choice.method, **{k: v for k, v in metrics.items() if v is not None})
+    return TrainOutcome(metadata, network, per_key, lpd)

@@ -1,0 +1,99 @@
+"""The streaming step with a stand-in predictor (pure logic; the real LSTM is tested elsewhere)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from processor.engine import Engine, Observation
+from processor.model_store import LoadedModel, ModelMetadata
+from processor.scoring import Profile, ProfileTable
+from schemas.records import DeadLetterReason, Status
+
+
+class LastValue:
+    """Predicts the last value of the window (a persistence forecast)."""
+
+    window = 3
+
+    def __call__(self, windows):
+        return windows[:, -1].astype(np.float32)
+
+
+def model(threshold=-5.0, version="v1", window=3):
+    profile = Profile(scale_mean=10.0, scale_std=2.0, error_mean=0.0, error_var=0.25,
+                      threshold=threshold)
+    default = Profile(scale_mean=0.0, scale_std=1.0, error_mean=0.0, error_var=1.0,
+                      threshold=threshold)
+    md = ModelMetadata.model_construct(name="m", version=version, window=window,
+                                       profiles={"a": profile}, default_profile=default,
+                                       threshold=threshold, threshold_method="test")
+    predictor = LastValue()
+    predictor.window = window
+    return LoadedModel(md, ProfileTable({"a": profile}, default), predictor, Path("."))
+
+
+def obs(key, t, v):
+    return Observation(key, t, v, 0, t)
+
+
+def test_filling_then_scored_with_persistence_errors():
+    engine = Engine(model())
+    out = engine.process([obs("a", t, 10.0 + t) for t in range(5)])
+    assert [r.status for r in out.scored] == [Status.WINDOW_FILLING] * 3 + [Status.SCORED] * 2
+    r = out.scored[3]
+    assert r.prediction == pytest.approx(12.0)
+    assert r.error == pytest.approx(1.0)
+    # scaled error 0.5 under N(0, 0.25): log-PD = -0.5*(log(2*pi*0.25) + 1)
+    assert r.log_pd == pytest.approx(-0.5 * (np.log(2 * np.pi * 0.25) + 1.0))
+    assert r.profile == "key" and r.model_version == "v1"
+    assert r.band_low < r.prediction < r.band_high
+
+
+def test_spike_is_anomalous_and_alerted():
+    engine = Engine(model())
+    values = [10.0, 10.0, 10.0, 10.0, 40.0, 10.0]
+    out = engine.process([obs("a", t, v) for t, v in enumerate(values)])
+    flags = [r.anomaly for r in out.scored]
+    assert flags[4] is True and flags[3] is False
+    assert [a.timestamp for a in out.alerts] == [out.scored[4].timestamp] + (
+        [out.scored[5].timestamp] if flags[5] else [])
+    assert out.alerts[0].value == 40.0 and out.alerts[0].expected == pytest.approx(10.0)
+    # The band says what would have been normal; the spike lies outside it.
+    assert not out.scored[4].band_low <= 40.0 <= out.scored[4].band_high
+
+
+def test_unseen_key_uses_default_profile():
+    engine = Engine(model())
+    out = engine.process([obs("new", t, float(t)) for t in range(4)])
+    assert out.scored[-1].profile == "default"
+
+
+def test_duplicate_and_late_records_are_rejected():
+    engine = Engine(model())
+    batch = [obs("a", 5, 1.0), obs("a", 5, 2.0), obs("a", 4, 3.0), obs("a", 6, 4.0)]
+    out = engine.process(batch)
+    assert [r.source_offset for r in out.scored] == [5, 6]
+    assert [(r.observation.value, r.reason) for r in out.rejected] == [
+        (2.0, DeadLetterReason.DUPLICATE_TIMESTAMP), (3.0, DeadLetterReason.OUT_OF_ORDER)]
+    # ... also across batches
+    later = engine.process([obs("a", 6, 9.0)])
+    assert later.rejected and not later.scored
+
+
+def test_every_input_is_accounted_for():
+    rng = np.random.default_rng(0)
+    engine = Engine(model())
+    batch = [obs(str(k), int(t), float(v)) for k, t, v in
+             zip(rng.integers(0, 5, 300), rng.integers(0, 100, 300), rng.normal(size=300))]
+    out = engine.process(batch)
+    assert len(out.scored) + len(out.rejected) == len(batch)
+
+
+def test_model_switch_keeps_windows_and_names_the_version():
+    engine = Engine(model(version="v1"))
+    engine.process([obs("a", t, 10.0) for t in range(3)])
+    engine.set_model(model(version="v2"))
+    out = engine.process([obs("a", 3, 10.0)])
+    assert out.scored[0].status == Status.SCORED
+    assert out.scored[0].model_version == "v2"

@@ -1,0 +1,87 @@
+"""Settings from environment variables (prefix `ANOMALY_`) and command-line flags.
+
+Every field is also a flag of the commands that use it (`--input-topic` for
+`input_topic`); a flag beats the environment, which beats the default. Defaults work
+against the local broker that `anomaly broker start` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ANOMALY_", extra="ignore")
+
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices("bootstrap_servers", "ANOMALY_BOOTSTRAP_SERVERS",
+                                      "KAFKA_BOOTSTRAP_SERVERS"),
+        description="Kafka bootstrap servers (also read from KAFKA_BOOTSTRAP_SERVERS).",
+    )
+    kafka_config: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra librdkafka settings as JSON, e.g. security.protocol and sasl.*; "
+        "applied to every client.",
+    )
+    input_topic: str = "series.input"
+    scored_topic: str = "series.scored"
+    alert_topic: str = "series.alerts"
+    dead_letter_topic: str = "series.deadletter"
+    model_topic: str = "series.models"
+    group_id: str = "anomaly-processor"
+    partitions: int = Field(4, ge=1, description="Partitions of topics this tool creates.")
+    model_store: Path = Field(
+        Path(".local/models"),
+        validation_alias=AliasChoices("model_store", "ANOMALY_MODEL_STORE", "MODEL_STORE"),
+        description="Directory of model versions (shared by trainer and processors).",
+    )
+    model_name: str = "default"
+    batch_max_records: int = Field(2000, ge=1, description="Most records scored per batch.")
+    batch_max_wait_s: float = Field(
+        0.1, gt=0, description="Longest wait for a batch to fill before scoring what came."
+    )
+    max_message_bytes: int = Field(1_000_000, ge=64, description="Input records above this "
+                                   "size are dead-lettered unread.")
+    initial_key_capacity: int = Field(1024, ge=1)
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("kafka_config", mode="before")
+    @classmethod
+    def _json_dict(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return json.loads(v) if v.strip() else {}
+        return v
+
+    def secrets_redacted(self) -> dict[str, Any]:
+        """The settings as a dict safe to log: credential-looking values masked."""
+        out = self.model_dump(mode="json")
+        out["kafka_config"] = {
+            k: ("***" if any(s in k.lower() for s in ("password", "secret", "key", "token"))
+                else v)
+            for k, v in self.kafka_config.items()
+        }
+        return out
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, fields: list[str]) -> None:
+    """Add `--field-name` flags for the given settings fields (parsed by pydantic later)."""
+    for name in fields:
+        info = Settings.model_fields[name]
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=f"setting_{name}", default=None, metavar="VALUE",
+                            help=info.description or f"(env ANOMALY_{name.upper()})")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Environment plus any flags given on the command line."""
+    given = {k.removeprefix("setting_"): v for k, v in vars(args).items()
+             if k.startswith("setting_") and v is not None}
+    return Settings(**given)

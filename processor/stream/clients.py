@@ -1,0 +1,68 @@
+"""Kafka client settings and topic set-up, in one place for every command."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from processor.config import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def base_config(settings: Settings) -> dict[str, Any]:
+    return {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka_config}
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """Idempotent producer: retries never duplicate or reorder within a partition."""
+    return {
+        **base_config(settings),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        **overrides,
+    }
+
+
+def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """Manual commits: offsets move only after the outputs of those records are delivered."""
+    return {
+        **base_config(settings),
+        "group.id": settings.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "isolation.level": "read_committed",
+        **overrides,
+    }
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
+    """Create the processor's topics if missing; the model topic is compacted."""
+    admin = AdminClient(base_config(settings))
+    wanted = {
+        settings.input_topic: NewTopic(settings.input_topic, settings.partitions),
+        settings.scored_topic: NewTopic(settings.scored_topic, settings.partitions),
+        settings.alert_topic: NewTopic(settings.alert_topic, settings.partitions),
+        settings.dead_letter_topic: NewTopic(settings.dead_letter_topic, settings.partitions),
+        settings.model_topic: NewTopic(settings.model_topic, 1,
+                                       config={"cleanup.policy": "compact"}),
+    }
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    missing = [t for name, t in wanted.items() if name not in existing]
+    if not missing:
+        return
+    for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
+        try:
+            future.result()
+            log.info("topic_created", topic=name)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise

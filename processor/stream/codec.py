@@ -1,0 +1,92 @@
+"""Bytes on the wire to observations, and outputs back to bytes.
+
+Decoding never raises: a record that cannot be used becomes a `DeadLetter` holding its
+original bytes and a machine-readable reason, so nothing is lost and nothing crashes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ValidationError
+
+from processor.engine import Observation, Rejected
+from schemas.records import DeadLetter, DeadLetterReason, InputRecord
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """What the consumer hands over, detached from the client library's message type."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def dead_letter(raw: RawRecord, reason: DeadLetterReason, detail: str) -> DeadLetter:
+    return DeadLetter(
+        reason=reason, detail=detail[:1000], source_topic=raw.topic,
+        source_partition=raw.partition, source_offset=raw.offset,
+        original_key_b64=_b64(raw.key), original_value_b64=_b64(raw.value),
+        failed_at=datetime.now(UTC),
+    )
+
+
+def _validation_detail(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in err["loc"]) or "record"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def decode(raw: RawRecord, max_bytes: int) -> Observation | DeadLetter:
+    """Validate one input record against the contract (`schemas.InputRecord`)."""
+    if raw.value is None:
+        return dead_letter(raw, DeadLetterReason.INVALID_FIELD, "empty message (tombstone)")
+    if len(raw.value) > max_bytes:
+        return dead_letter(raw, DeadLetterReason.TOO_LARGE,
+                           f"{len(raw.value)} bytes exceeds the limit of {max_bytes}")
+    try:
+        text = raw.value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return dead_letter(raw, DeadLetterReason.NOT_UTF8, str(exc))
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return dead_letter(raw, DeadLetterReason.NOT_JSON, f"{exc.msg} at position {exc.pos}")
+    if not isinstance(payload, dict):
+        return dead_letter(raw, DeadLetterReason.NOT_AN_OBJECT,
+                           f"expected a JSON object, got {type(payload).__name__}")
+    try:
+        record = InputRecord.model_validate(payload)
+    except ValidationError as exc:
+        return dead_letter(raw, DeadLetterReason.INVALID_FIELD, _validation_detail(exc))
+    kafka_key = None
+    if raw.key is not None:
+        try:
+            kafka_key = raw.key.decode("utf-8")
+        except UnicodeDecodeError:
+            kafka_key = None
+    if kafka_key != record.key:
+        return dead_letter(raw, DeadLetterReason.KEY_MISMATCH,
+                           f"message key {kafka_key!r} differs from record key {record.key!r}; "
+                           "produce with the series key as the Kafka key")
+    return Observation(record.key, record.timestamp, record.value, raw.partition, raw.offset)
+
+
+def rejected_to_dead_letter(rej: Rejected, raw: RawRecord) -> DeadLetter:
+    return dead_letter(raw, rej.reason, rej.detail)
+
+
+def encode(model: BaseModel) -> bytes:
+    return model.model_dump_json().encode("utf-8")

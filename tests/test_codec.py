@@ -1,0 +1,38 @@
+import base64
+
+import pytest
+
+from processor.engine import Observation
+from processor.stream.codec import RawRecord, decode
+from schemas.records import DeadLetter, DeadLetterReason
+
+
+def raw(value, key=b"k1"):
+    return RawRecord("in", 2, 41, key, value)
+
+
+def test_valid_record_decodes():
+    obs = decode(raw(b'{"key":"k1","timestamp":"2014-01-01T00:00:00Z","value":2.5}'), 10_000)
+    assert obs == Observation("k1", 1388534400000, 2.5, 2, 41)
+
+
+@pytest.mark.parametrize("value, key, reason", [
+    (b"\xff\xfe", b"k1", DeadLetterReason.NOT_UTF8),
+    (b"{not json", b"k1", DeadLetterReason.NOT_JSON),
+    (b"[1, 2]", b"k1", DeadLetterReason.NOT_AN_OBJECT),
+    (b'{"key":"k1","timestamp":1,"value":"x"}', b"k1", DeadLetterReason.INVALID_FIELD),
+    (b'{"key":"k1","timestamp":1,"value":NaN}', b"k1", DeadLetterReason.INVALID_FIELD),
+    (b'{"key":"k1","timestamp":1,"value":1e999}', b"k1", DeadLetterReason.INVALID_FIELD),
+    (b'{"key":"k1","timestamp":1,"value":1}', b"other", DeadLetterReason.KEY_MISMATCH),
+    (b'{"key":"k1","timestamp":1,"value":1}', None, DeadLetterReason.KEY_MISMATCH),
+    (None, b"k1", DeadLetterReason.INVALID_FIELD),
+    (b" " * 200 + b"{}", b"k1", DeadLetterReason.TOO_LARGE),
+])
+def test_bad_records_become_dead_letters_with_original_bytes(value, key, reason):
+    out = decode(raw(value, key), max_bytes=100)
+    assert isinstance(out, DeadLetter)
+    assert out.reason == reason
+    assert out.detail
+    assert (out.source_topic, out.source_partition, out.source_offset) == ("in", 2, 41)
+    if value is not None:
+        assert base64.b64decode(out.original_value_b64) == value

@@ -1,0 +1,237 @@
+"""`anomaly`: the command line of the processor, the trainer and their tools.
+
+Failures the user can fix (a bad file, no broker, a missing model) print one line on
+stderr and exit with status 2; only bugs produce a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+
+from pydantic import BaseModel, ValidationError
+
+from processor.config import Settings, add_settings_flags, settings_from_args
+
+KAFKA_FIELDS = ["bootstrap_servers", "kafka_config", "log_level", "log_json"]
+TOPIC_FIELDS = ["input_topic", "scored_topic", "alert_topic", "dead_letter_topic", "model_topic"]
+STORE_FIELDS = ["model_store", "model_name"]
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def _add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel],
+                     skip: Sequence[str] = ()) -> None:
+    for name, info in model.model_fields.items():
+        if name in skip:
+            continue
+        parser.add_argument("--" + name.replace("_", "-"), dest=f"cfg_{name}", default=None,
+                            metavar="VALUE", help=f"default {info.default!r}")
+
+
+def _model_from_args(model: type[BaseModel], args: argparse.Namespace,
+                     **extra: object) -> BaseModel:
+    given = {k.removeprefix("cfg_"): v for k, v in vars(args).items()
+             if k.startswith("cfg_") and v is not None}
+    return model(**{**given, **extra})
+
+
+def _configure_logs(settings: Settings) -> None:
+    from processor import logs
+
+    logs.configure(settings.log_level, settings.log_json)
+
+
+# -- commands --------------------------------------------------------------------------
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from processor.localbroker import cli
+
+    return cli(args.broker_args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from processor.train_job import run_training
+
+    settings = settings_from_args(args)
+    _configure_logs(settings)
+    return run_training(args, settings)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from processor.stream.app import Processor
+
+    settings = settings_from_args(args)
+    _configure_logs(settings)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    Processor(settings, stop).run()
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from processor.detect_job import run_detect
+
+    settings = settings_from_args(args)
+    _configure_logs(settings)
+    return run_detect(args)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from processor.plot_job import run_plot
+
+    settings = settings_from_args(args)
+    _configure_logs(settings)
+    return run_plot(args, settings)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from processor.demo import run_demo
+
+    settings = settings_from_args(args)
+    _configure_logs(settings)
+    return run_demo(args, settings)
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from processor.model_store import list_versions, read_metadata
+
+    settings = settings_from_args(args)
+    versions = list_versions(settings.model_store, settings.model_name)
+    if not versions:
+        print(f"no versions of {settings.model_name!r} in {settings.model_store}")
+        return 0
+    for path in versions:
+        md = read_metadata(path)
+        metrics = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in md.metrics.items() if v is not None)
+        print(f"{md.version}  window={md.window} keys={len(md.profiles)} "
+              f"threshold={md.threshold:.4g} ({md.threshold_method})  {metrics}")
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from processor.train import TrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="anomaly",
+        description="LSTM prediction-error anomaly detection for series on Kafka.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="start, stop or check the local single-node Kafka broker")
+    p.add_argument("broker_args", nargs=argparse.REMAINDER,
+                   help="start|stop|status [--port N] [--fresh]")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("train", help="train a model version from a CSV or the input topic")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--csv", type=Path, help="CSV with timestamp,value[,label]")
+    src.add_argument("--from-topic", action="store_true",
+                     help="read the input topic (all keys) over --since/--until")
+    p.add_argument("--labels", type=Path, help="NAB windows JSON (or a list of [start, end])")
+    p.add_argument("--key", help="series key of the CSV (default: file name without .csv)")
+    p.add_argument("--rows", type=float, default=None,
+                   help="use only the first rows: a count, or a fraction below 1")
+    p.add_argument("--since", help="topic: start time (ISO-8601 or epoch ms)")
+    p.add_argument("--until", help="topic: end time (ISO-8601 or epoch ms)")
+    p.add_argument("--no-announce", action="store_true",
+                   help="write the version to the store but do not announce it on Kafka")
+    _add_model_flags(p, TrainConfig, skip=["name", "verbose"])
+    add_settings_flags(p, KAFKA_FIELDS + TOPIC_FIELDS + STORE_FIELDS + ["partitions"])
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("run", help="run the stream processor until SIGTERM")
+    add_settings_flags(p, KAFKA_FIELDS + TOPIC_FIELDS + STORE_FIELDS + [
+        "group_id", "partitions", "batch_max_records", "batch_max_wait_s",
+        "max_message_bytes", "initial_key_capacity"])
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("detect", help="train on a CSV and score it offline (no broker)")
+    p.add_argument("csv", type=Path)
+    p.add_argument("--labels", type=Path, help="NAB windows JSON (or a list of [start, end])")
+    p.add_argument("--key", help="series key (default: file name without .csv)")
+    p.add_argument("--out-dir", type=Path, default=Path("out/detect"))
+    _add_model_flags(p, TrainConfig, skip=["name", "verbose"])
+    add_settings_flags(p, ["log_level", "log_json"])
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("plot", help="plot scored records from a file or the scored topic")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", type=Path, help="scored records (.jsonl or .csv)")
+    src.add_argument("--from-topic", action="store_true", help="read the scored topic")
+    p.add_argument("--key", help="series to plot (needed when there are several)")
+    p.add_argument("--labels", type=Path, help="NAB windows JSON to shade")
+    p.add_argument("--labels-for", type=Path,
+                   help="CSV name to look up in a NAB windows dict (default: the key + .csv)")
+    p.add_argument("--out", type=Path, default=Path("out/plot.png"))
+    add_settings_flags(p, KAFKA_FIELDS + TOPIC_FIELDS + STORE_FIELDS)
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("demo", help="the whole pipeline on a real series through a local broker")
+    p.add_argument("--csv", type=Path, default=None,
+                   help="series to stream (default: NAB machine_temperature_system_failure)")
+    p.add_argument("--labels", type=Path, default=None, help="NAB windows JSON")
+    p.add_argument("--train-rows", type=float, default=0.4,
+                   help="first rows to train on: a fraction below 1 or a count")
+    p.add_argument("--out-dir", type=Path, default=Path("out/demo"))
+    p.add_argument("--external-broker", action="store_true",
+                   help="use --bootstrap-servers as is instead of starting the local broker")
+    _add_model_flags(p, TrainConfig, skip=["name", "verbose"])
+    add_settings_flags(p, [*KAFKA_FIELDS, "partitions"])
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("versions", help="list model versions in the store with their metrics")
+    add_settings_flags(p, STORE_FIELDS)
+    p.set_defaults(func=cmd_versions)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from confluent_kafka import KafkaException
+
+    from processor.dataset import DataError
+    from processor.model_store import ModelStoreError
+
+    return (UserError, DataError, ModelStoreError, KafkaException, ValidationError,
+            FileNotFoundError, PermissionError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if isinstance(exc, _user_errors()):
+            print(f"anomaly {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                 for e in exc.errors(include_url=False)]
+        return "invalid setting: " + "; ".join(parts)
+    return " ".join(str(exc).split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

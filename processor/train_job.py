@@ -1,0 +1,107 @@
+"""`anomaly train`: read the data, train, store the version, announce it."""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from processor.config import Settings
+from processor.dataset import DataError, Series, read_csv, read_windows, with_windows
+from processor.model_store import ModelMetadata, save_version
+from processor.train import TrainConfig, TrainOutcome, train
+from schemas.records import DeadLetter, _to_epoch_ms
+
+log = structlog.get_logger(__name__)
+
+
+def parse_time(text: str | None) -> int | None:
+    """ISO-8601 with a zone, or epoch milliseconds."""
+    if text is None:
+        return None
+    try:
+        return _to_epoch_ms(int(text) if text.lstrip("-").isdigit() else text)
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
+
+
+def first_rows(series: Series, rows: float | None) -> Series:
+    """`rows` below 1 is a fraction of the series, otherwise a row count."""
+    if rows is None:
+        return series
+    if rows <= 0:
+        raise DataError("--rows must be positive")
+    n = int(len(series) * rows) if rows < 1 else int(rows)
+    return series.slice(0, n)
+
+
+def csv_series(path: Path, labels: Path | None, key: str | None) -> Series:
+    series = read_csv(path, key=key)
+    if labels is not None:
+        series = with_windows(series, read_windows(labels, path))
+    return series
+
+
+def topic_series(settings: Settings, since: str | None, until: str | None) -> list[Series]:
+    """Every valid record of the input topic in the time range, grouped by key."""
+    from processor.stream.codec import decode
+    from processor.stream.topic_reader import read_range
+
+    by_key: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    invalid = 0
+    for raw in read_range(settings, settings.input_topic, parse_time(since), parse_time(until)):
+        item = decode(raw, settings.max_message_bytes)
+        if isinstance(item, DeadLetter):
+            invalid += 1
+            continue
+        by_key[item.key].append((item.timestamp_ms, item.value))
+    log.info("topic_read", topic=settings.input_topic, keys=len(by_key),
+             records=sum(map(len, by_key.values())), invalid=invalid)
+    if not by_key:
+        raise DataError(f"no valid records in {settings.input_topic} for that time range")
+    return [Series(k, np.array([t for t, _ in v], np.int64), np.array([x for _, x in v]))
+            for k, v in by_key.items()]
+
+
+def store_and_announce(outcome: TrainOutcome, settings: Settings, announce: bool) -> Path:
+    path = save_version(settings.model_store, outcome.metadata, outcome.network)
+    if announce:
+        from processor.model_store import read_metadata
+        from processor.stream.clients import ensure_topics
+        from processor.stream.model_topic import announce as publish
+        from processor.stream.model_topic import announcement_for
+
+        ensure_topics(settings)
+        publish(settings, announcement_for(read_metadata(path), path))
+    return path
+
+
+def print_outcome(metadata: ModelMetadata, path: Path) -> None:
+    m = metadata.metrics
+    print(f"model version {metadata.version} written to {path}")
+    print(f"  threshold {metadata.threshold:.4f} on log-PD, chosen by {metadata.threshold_method}")
+    print(f"  splits (windows): {metadata.splits}")
+    if "test_precision" in m:
+        print(f"  test: precision {m.get('test_precision')} recall {m.get('test_recall')} "
+              f"F-beta {m.get('test_fbeta')} (tp {m.get('test_tp')}, fp {m.get('test_fp')}, "
+              f"fn {m.get('test_fn')})")
+    print(f"  test rows flagged: {m.get('test_flagged')} of {m.get('test_rows')}")
+
+
+def run_training(args: argparse.Namespace, settings: Settings) -> int:
+    cfg_fields = {k.removeprefix("cfg_"): v for k, v in vars(args).items()
+                  if k.startswith("cfg_") and v is not None}
+    cfg = TrainConfig(name=settings.model_name, **cfg_fields)
+    if args.csv is not None:
+        series = [first_rows(csv_series(args.csv, args.labels, args.key), args.rows)]
+        source = str(args.csv)
+    else:
+        series = topic_series(settings, args.since, args.until)
+        source = f"kafka:{settings.input_topic}"
+    outcome = train(series, cfg, source)
+    path = store_and_announce(outcome, settings, announce=not args.no_announce)
+    print_outcome(outcome.metadata, path)
+    return 0

@@ -76,8 +76,10 @@ def add_settings_flags(parser: argparse.ArgumentParser, fields: list[str]) -> No
     for name in fields:
         info = Settings.model_fields[name]
         flag = "--" + name.replace("_", "-")
+        default = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
+        about = f"{info.description} " if info.description else ""
         parser.add_argument(flag, dest=f"setting_{name}", default=None, metavar="VALUE",
-                            help=info.description or f"(env ANOMALY_{name.upper()})")
+                            help=f"{about}[env ANOMALY_{name.upper()}; default {default}]")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

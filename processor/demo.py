@@ -176,8 +176,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
                 proc.wait()
     scored.sort(key=lambda r: r.timestamp)
     jsonl = write_scored_jsonl(scored, args.out_dir / "scored.jsonl")
-    png = plot_records(scored, metadata, series.key, windows, args.out_dir / "demo.png",
-                       f"{series.key}: streamed through Kafka")
+    png = plot_records(scored, metadata, series.key, windows, args.out_dir / "demo.png")
     stream_windows = [w for w in windows if w[1] >= int(rest.timestamps[0])]
     summary(produced, scored, dead, alerts, metadata.version, stream_windows, proc.returncode)
     print(f"scored records: {jsonl}")

@@ -23,7 +23,7 @@ INCIDENT_GAP_MS = 60 * 60 * 1000
 
 
 def plot_records(records: Sequence[ScoredRecord], metadata: ModelMetadata, key: str,
-                 windows: Windows, out: Path, title: str) -> Path:
+                 windows: Windows, out: Path, title: str | None = None) -> Path:
     from processor.plot import frame_from_records, render
 
     profile = metadata.profiles.get(key, metadata.default_profile)
@@ -57,8 +57,7 @@ def run_detect(args: argparse.Namespace) -> int:
     md = result.outcome.metadata
     print_outcome(md, out_dir / "models" / md.name / md.version)
     csv_path = write_scored_csv(result.scored, out_dir / f"{series.key}.scored.csv")
-    png = plot_records(result.scored, md, series.key, windows, out_dir / f"{series.key}.png",
-                       f"{series.key} (anomaly detect)")
+    png = plot_records(result.scored, md, series.key, windows, out_dir / f"{series.key}.png")
     if result.rejected_rows:
         print(f"{len(result.rejected_rows)} rows skipped: timestamp not after the previous row "
               f"(rows {result.rejected_rows[:5]}{' ...' if len(result.rejected_rows) > 5 else ''})")

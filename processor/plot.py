@@ -101,6 +101,9 @@ def render(
     key, series = _select_key(frame, key)
     scored = series[(series["status"] == Status.SCORED.value) & series["prediction"].notna()]
     pad_ms = _half_step_ms(series)
+    # Only windows that overlap the plotted stretch: others would stretch the time axis.
+    first, last = (int(t.timestamp() * 1000) for t in series["timestamp"].iloc[[0, -1]])
+    windows = [(s, e) for s, e in windows if e >= first and s <= last]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with plt.rc_context(_STYLE):
@@ -182,7 +185,7 @@ def _values_panel(ax: Axes, series: pd.DataFrame, scored: pd.DataFrame,
                lw=0.6, zorder=5, label=f"anomaly ({len(hits)})")
     _shade_windows(ax, windows, "labelled anomaly window", pad_ms)
     ax.set_ylabel("value")
-    ax.legend(loc="upper left", fontsize=9, ncols=2)
+    ax.legend(loc="lower left", fontsize=8, ncols=3)
     ax.tick_params(labelbottom=False)
 
 

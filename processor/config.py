@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,33 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(1_000_000, ge=64, description="Input records above this "
                                    "size are dead-lettered unread.")
     initial_key_capacity: int = Field(1024, ge=1)
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
+        "exactly_once",
+        description="exactly_once: outputs, window state and offsets commit in one Kafka "
+        "transaction; at_least_once: outputs first, then offsets (lower latency, duplicates "
+        "possible after a crash).")
+    instance_id: str = Field(
+        default_factory=socket.gethostname,
+        description="Names this processor's transactional producer (and its static group "
+        "membership when enabled); must be unique among running processors.")
+    static_membership: bool = Field(
+        False, description="Join the group with group.instance.id = instance_id, so a "
+        "restarted instance gets its partitions back without a rebalance.")
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    transaction_timeout_ms: int = Field(60_000, ge=1000)
+    batch_time_budget_s: float = Field(
+        5.0, gt=0, description="Batches are sized so that scoring one takes about this long "
+        "at most; keep well under max_poll_interval_ms.")
+    restore_timeout_s: float = Field(300.0, gt=0)
+    idle_evict_s: float = Field(
+        0.0, ge=0, description="Keys idle this long leave memory (state stays in the "
+        "changelog and a local spill store); 0 keeps every key in memory.")
+    gap_reset_intervals: float = Field(
+        24.0, ge=0, description="A value more than this many sampling intervals after the "
+        "previous one restarts the key's window; 0 never resets.")
+    state_dir: Path = Field(Path(".local/state"), description="Local spill store of evicted "
+                            "keys (a cache of the changelog).")
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -59,6 +87,11 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return json.loads(v) if v.strip() else {}
         return v
+
+    @property
+    def changelog_topic(self) -> str:
+        """Window state of this processor group, co-partitioned with the input topic."""
+        return f"{self.group_id}.windows-changelog"
 
     def secrets_redacted(self) -> dict[str, Any]:
         """The settings as a dict safe to log: credential-looking values masked."""

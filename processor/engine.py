@@ -48,11 +48,18 @@ class BatchResult:
 
 
 class Engine:
-    """Per-key windows plus the active model version."""
+    """Per-key windows plus the active model version.
 
-    def __init__(self, model: LoadedModel, initial_capacity: int = 1024) -> None:
+    `gap_reset_intervals`: a value arriving more than this many sampling intervals (the
+    key's median interval in training) after the previous one restarts the key's window;
+    0 disables resets.
+    """
+
+    def __init__(self, model: LoadedModel, initial_capacity: int = 1024,
+                 gap_reset_intervals: float = 0.0) -> None:
         self.model = model
         self.windows = WindowStore(model.window, initial_capacity)
+        self.gap_reset_intervals = gap_reset_intervals
 
     def set_model(self, model: LoadedModel) -> None:
         """Switch versions between batches; windows carry over (resized if needed)."""
@@ -60,11 +67,13 @@ class Engine:
             self.windows = self.windows.resized(model.window)
         self.model = model
 
-    def process(self, batch: Sequence[Observation]) -> BatchResult:
-        accepted, rejected = self._in_order(batch)
+    def process(self, batch: Sequence[Observation], now: float = 0.0) -> BatchResult:
+        accepted, rejected, resets = self._in_order(batch)
         keys = [o.key for o in accepted]
         values = np.array([o.value for o in accepted], np.float64)
-        wb = self.windows.advance(keys, [o.timestamp_ms for o in accepted], values)
+        wb = self.windows.advance(keys, [o.timestamp_ms for o in accepted], values,
+                                  partitions=[o.partition for o in accepted],
+                                  resets=resets, now=now)
         version = self.model.version
         out: list[ScoredRecord | None] = [None] * len(accepted)
         if len(wb.record_index):
@@ -88,18 +97,23 @@ class Engine:
         scored = [
             r if r is not None else ScoredRecord(
                 key=o.key, timestamp=ms_to_datetime(o.timestamp_ms), value=o.value,
-                status=Status.WINDOW_FILLING, model_version=version,
-                source_partition=o.partition, source_offset=o.offset,
+                status=Status.WINDOW_RESET if reset else Status.WINDOW_FILLING,
+                model_version=version, source_partition=o.partition, source_offset=o.offset,
             )
-            for r, o in zip(out, accepted, strict=True)
+            for r, o, reset in zip(out, accepted, resets, strict=True)
         ]
         return BatchResult(scored, rejected)
 
-    def _in_order(self, batch: Sequence[Observation]) -> tuple[list[Observation], list[Rejected]]:
-        """Split off records not newer than the key's last one (duplicate or late)."""
+    def _in_order(
+        self, batch: Sequence[Observation]
+    ) -> tuple[list[Observation], list[Rejected], list[bool]]:
+        """Split off records not newer than the key's last one; flag long gaps."""
         last: dict[str, int | None] = {}
         accepted: list[Observation] = []
         rejected: list[Rejected] = []
+        resets: list[bool] = []
+        factor = self.gap_reset_intervals
+        table = self.model.table
         for o in batch:
             prev = last[o.key] if o.key in last else self.windows.last_timestamp(o.key)
             if prev is not None and o.timestamp_ms <= prev:
@@ -108,9 +122,12 @@ class Engine:
                 rejected.append(Rejected(o, reason, f"timestamp {o.timestamp_ms} is not after "
                                          f"the key's last accepted timestamp {prev}"))
                 continue
+            resets.append(
+                prev is not None and factor > 0 and o.timestamp_ms - prev
+                > factor * table.interval_ms[table.index.get(o.key, table.default_index)])
             last[o.key] = o.timestamp_ms
             accepted.append(o)
-        return accepted, rejected
+        return accepted, rejected, resets
 
 
 def to_alert(r: ScoredRecord, detected_at: datetime) -> Alert:

@@ -37,6 +37,7 @@ class Profile(BaseModel):
     error_mean: float
     error_var: float
     threshold: float
+    interval_ms: float | None = None  # median sampling interval seen in training
 
 
 class ProfileTable:
@@ -52,6 +53,7 @@ class ProfileTable:
         self.error_mean = np.array([p.error_mean for p in rows], np.float64)
         self.error_var = np.array([p.error_var for p in rows], np.float64)
         self.threshold = np.array([p.threshold for p in rows], np.float64)
+        self.interval_ms = np.array([p.interval_ms or np.inf for p in rows], np.float64)
 
     def lookup(self, keys: Sequence[str]) -> IntArray:
         get, default = self.index.get, self.default_index

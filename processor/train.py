@@ -67,6 +67,8 @@ class KeyWindows:
     label: npt.NDArray[np.bool_]  # the target row is labelled anomalous
     clean: npt.NDArray[np.bool_]  # no labelled row in the window nor the target
     scale: tuple[float, float] = (0.0, 1.0)
+    interval_ms: float | None = None
+    train_values: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
     scaled_error: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
 
 
@@ -103,6 +105,8 @@ def prepare(series: Series, cfg: TrainConfig) -> KeyWindows:
     train_values = s.values[:t_end][~labels[:t_end]]
     kw = KeyWindows(s.key, x, y.astype(np.float64), part, labels[cfg.window:], clean)
     kw.scale = fit_scaler(train_values)
+    kw.train_values = train_values
+    kw.interval_ms = float(np.median(np.diff(s.timestamps)))
     return kw
 
 
@@ -190,17 +194,16 @@ def train(series: Sequence[Series], cfg: TrainConfig, source: str) -> TrainOutco
         if choice.validation is not None:
             metrics.update(choice.validation.as_dict("val_"))
 
-    all_train_values = np.concatenate([
-        s.values[: split_points(len(s), cfg)[0]] for s in series])
-    d_mean, d_std = fit_scaler(all_train_values)
+    d_mean, d_std = fit_scaler(np.concatenate([kw.train_values for kw in per_key]))
     profiles = {
         kw.key: Profile(scale_mean=kw.scale[0], scale_std=kw.scale[1],
                         error_mean=gaussians[kw.key].mean, error_var=gaussians[kw.key].var,
-                        threshold=choice.threshold)
+                        threshold=choice.threshold, interval_ms=kw.interval_ms)
         for kw in per_key
     }
     default = Profile(scale_mean=d_mean, scale_std=d_std, error_mean=pooled.mean,
-                      error_var=pooled.var, threshold=choice.threshold)
+                      error_var=pooled.var, threshold=choice.threshold,
+                      interval_ms=float(np.median([kw.interval_ms for kw in per_key])))
     first = min(int(s.timestamps[0]) for s in series)
     last = max(int(s.timestamps[-1]) for s in series)
     metadata = ModelMetadata(

@@ -46,21 +46,37 @@ class WindowBatch:
     record_index: IntArray
 
 
+@dataclass(frozen=True)
+class KeyState:
+    """One key's window as it travels to and from the changelog."""
+
+    values: FloatArray  # at most `width` values, oldest first
+    count: int  # values seen since the window last (re)started
+    last_ts: int
+    partition: int
+
+
 class WindowStore:
     """Last `width` values per key, right-aligned in one float32 matrix.
 
     Row `slot` holds a key's most recent values in time order, newest last; `count[slot]`
-    says how many of them are real (the rest, on the left, are padding while it fills).
+    says how many values it has seen since the window (re)started (only the last `width`
+    are kept). Each key also remembers its input partition, so a rebalance can drop exactly
+    the keys of revoked partitions, and when it was last touched, for idle eviction.
     """
 
     def __init__(self, width: int, initial_capacity: int = 1024) -> None:
         if width < 1:
             raise ValueError("window width must be at least 1")
+        cap = max(initial_capacity, 1)
         self.width = width
         self._slots: dict[str, int] = {}
-        self._values = np.zeros((max(initial_capacity, 1), width), np.float32)
-        self._count = np.zeros(max(initial_capacity, 1), np.int64)
-        self._last_ts = np.zeros(max(initial_capacity, 1), np.int64)
+        self._free: list[int] = []
+        self._values = np.zeros((cap, width), np.float32)
+        self._count = np.zeros(cap, np.int64)
+        self._last_ts = np.zeros(cap, np.int64)
+        self._partition = np.full(cap, -1, np.int32)
+        self._touched = np.zeros(cap, np.float64)
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -68,9 +84,13 @@ class WindowStore:
     def __contains__(self, key: object) -> bool:
         return key in self._slots
 
+    def keys(self) -> list[str]:
+        return list(self._slots)
+
     @property
     def nbytes(self) -> int:
-        return int(self._values.nbytes + self._count.nbytes + self._last_ts.nbytes)
+        return int(self._values.nbytes + self._count.nbytes + self._last_ts.nbytes
+                   + self._partition.nbytes + self._touched.nbytes)
 
     def window(self, key: str) -> FloatArray:
         """The key's stored values in time order (at most `width`)."""
@@ -84,14 +104,62 @@ class WindowStore:
         slot = self._slots.get(key)
         return None if slot is None else int(self._last_ts[slot])
 
+    def state(self, key: str) -> KeyState | None:
+        slot = self._slots.get(key)
+        if slot is None:
+            return None
+        return KeyState(self.window(key), int(self._count[slot]), int(self._last_ts[slot]),
+                        int(self._partition[slot]))
+
+    def put(self, key: str, state: KeyState, now: float = 0.0) -> None:
+        """Install a key's state (restore from the changelog)."""
+        slot = self._slot_for(key)
+        keep = state.values[-self.width :]
+        self._values[slot] = 0
+        if len(keep):
+            self._values[slot, self.width - len(keep) :] = keep
+        # A wider window than the state carries must refill: count only the values there.
+        full = min(state.count, self.width)
+        self._count[slot] = state.count if len(keep) >= full else len(keep)
+        self._last_ts[slot] = state.last_ts
+        self._partition[slot] = state.partition
+        self._touched[slot] = now
+
+    def remove(self, key: str) -> None:
+        slot = self._slots.pop(key, None)
+        if slot is not None:
+            self._values[slot] = 0
+            self._count[slot] = 0
+            self._partition[slot] = -1
+            self._free.append(slot)
+
+    def drop_partitions(self, partitions: set[int]) -> int:
+        """Forget every key of these input partitions (revoked or lost); return how many."""
+        doomed = [k for k, slot in self._slots.items() if int(self._partition[slot]) in partitions]
+        for key in doomed:
+            self.remove(key)
+        return len(doomed)
+
+    def idle_keys(self, older_than: float) -> list[str]:
+        """Keys not touched since `older_than` (same clock as `advance`'s `now`)."""
+        return [k for k, slot in self._slots.items() if self._touched[slot] < older_than]
+
     def advance(
-        self, keys: Sequence[str], timestamps: Sequence[int], values: npt.ArrayLike
+        self,
+        keys: Sequence[str],
+        timestamps: Sequence[int],
+        values: npt.ArrayLike,
+        *,
+        partitions: Sequence[int] | None = None,
+        resets: Sequence[bool] | None = None,
+        now: float = 0.0,
     ) -> WindowBatch:
         """Append a batch of records (in arrival order) and return the windows before each.
 
         A key may appear several times in a batch: each occurrence gets the window ending
         just before it, including earlier values of the same batch, exactly as if the
-        records had come one at a time. Callers must already have dropped records whose
+        records had come one at a time. A record with `resets[i]` set starts its key's
+        window afresh (after a long gap). Callers must already have dropped records whose
         timestamp is not after the key's last one (see `is_in_order`).
         """
         vals = np.asarray(values, dtype=np.float32)
@@ -103,30 +171,42 @@ class WindowStore:
 
         windows: list[FloatArray] = []
         index: list[IntArray] = []
-        w = self.width
         for key, pos in positions.items():
             slot = self._slot_for(key)
-            have = int(min(self._count[slot], w))
-            new = vals[pos]
-            ext = np.concatenate([self._values[slot, w - have :], new])
-            # Record j (0-based within `new`) has ext[:have + j] before it.
-            first = max(w - have, 0)
-            if first < len(new):
-                starts = np.arange(have + first - w, have + len(new) - w)
-                view = np.lib.stride_tricks.sliding_window_view(ext, w)
-                windows.append(view[starts])
-                index.append(np.asarray(pos, np.int64)[first:])
-            tail = ext[-w:]
-            self._values[slot, w - len(tail) :] = tail
-            self._count[slot] += len(new)
+            for segment in _segments(pos, resets):
+                if resets is not None and resets[segment[0]]:
+                    self._count[slot] = 0
+                self._append(slot, segment, vals, windows, index)
             self._last_ts[slot] = timestamps[pos[-1]]
+            self._touched[slot] = now
+            if partitions is not None:
+                self._partition[slot] = partitions[pos[-1]]
 
+        w = self.width
         if not windows:
             return WindowBatch(np.empty((0, w), np.float32), np.empty(0, np.int64))
         order_windows = np.concatenate(windows)
         order_index = np.concatenate(index)
         order = np.argsort(order_index, kind="stable")
         return WindowBatch(order_windows[order], order_index[order])
+
+    def _append(self, slot: int, pos: list[int], vals: FloatArray,
+                windows: list[FloatArray], index: list[IntArray]) -> None:
+        w = self.width
+        have = int(min(self._count[slot], w))
+        new = vals[pos]
+        ext = np.concatenate([self._values[slot, w - have :], new])
+        # Record j (0-based within `new`) has ext[:have + j] before it.
+        first = max(w - have, 0)
+        if first < len(new):
+            starts = np.arange(have + first - w, have + len(new) - w)
+            view = np.lib.stride_tricks.sliding_window_view(ext, w)
+            windows.append(view[starts])
+            index.append(np.asarray(pos, np.int64)[first:])
+        tail = ext[-w:]
+        self._values[slot] = 0
+        self._values[slot, w - len(tail) :] = tail
+        self._count[slot] += len(new)
 
     def is_in_order(self, key: str, timestamp: int) -> bool:
         """True when `timestamp` is strictly after the key's last stored one."""
@@ -136,29 +216,44 @@ class WindowStore:
     def resized(self, width: int) -> WindowStore:
         """A copy for a model of another window width, keeping each key's newest values."""
         other = WindowStore(width, initial_capacity=max(len(self._slots), 1))
-        keep = min(width, self.width)
-        n = len(self._slots)
-        other._slots = dict(self._slots)
-        other._values[:n, width - keep :] = self._values[:n, self.width - keep :]
-        other._count[:n] = np.minimum(self._count[:n], keep)
-        other._last_ts[:n] = self._last_ts[:n]
+        for key in self._slots:
+            st = self.state(key)
+            assert st is not None
+            other.put(key, st, float(self._touched[self._slots[key]]))
         return other
 
     def _slot_for(self, key: str) -> int:
         slot = self._slots.get(key)
         if slot is not None:
             return slot
-        slot = len(self._slots)
-        if slot == len(self._count):
-            self._grow()
+        if self._free:
+            slot = self._free.pop()
+        else:
+            slot = len(self._slots)
+            if slot == len(self._count):
+                self._grow()
         self._slots[key] = slot
         return slot
 
     def _grow(self) -> None:
-        cap = len(self._count) * 2
-        self._values = np.resize(self._values, (cap, self.width))
-        self._values[len(self._count) :] = 0
-        self._count = np.concatenate([self._count, np.zeros(cap - len(self._count), np.int64)])
-        self._last_ts = np.concatenate(
-            [self._last_ts, np.zeros(cap - len(self._last_ts), np.int64)]
-        )
+        old = len(self._count)
+        cap = old * 2
+        values = np.zeros((cap, self.width), np.float32)
+        values[:old] = self._values
+        self._values = values
+        self._count = np.concatenate([self._count, np.zeros(cap - old, np.int64)])
+        self._last_ts = np.concatenate([self._last_ts, np.zeros(cap - old, np.int64)])
+        self._partition = np.concatenate([self._partition, np.full(cap - old, -1, np.int32)])
+        self._touched = np.concatenate([self._touched, np.zeros(cap - old, np.float64)])
+
+
+def _segments(pos: list[int], resets: Sequence[bool] | None) -> list[list[int]]:
+    """Split a key's positions where a record restarts the window."""
+    if resets is None:
+        return [pos]
+    out: list[list[int]] = [[]]
+    for p in pos:
+        if resets[p] and out[-1]:
+            out.append([])
+        out[-1].append(p)
+    return out

@@ -112,6 +112,9 @@ class Status(StrEnum):
     SCORED = "scored"
     #: The key has fewer than `window` earlier values: nothing to predict from yet.
     WINDOW_FILLING = "window_filling"
+    #: The value came after a gap much longer than the key's sampling interval: the
+    #: window restarts with it (the values before the gap no longer predict it).
+    WINDOW_RESET = "window_reset"
 
 
 class ScoredRecord(_Wire):

@@ -1,29 +1,43 @@
 """The stream processor: consume a batch, score it with one forward pass, emit, commit.
 
-Delivery is at least once: a batch's offsets are committed only after every scored record,
-alert and dead letter of that batch is acknowledged by the broker. If delivery fails the
-processor stops without committing, and a restart reprocesses the batch.
+Exactly once (the default): each batch is one Kafka transaction holding its scored
+records, alerts, dead letters, the window state of every key it touched (changelog) and
+the consumed offsets (`send_offsets_to_transaction` with the consumer's group metadata,
+which also fences zombie instances). If the transaction has to be aborted, the processor
+rewinds to the committed offsets and restores the committed windows, so nothing is
+emitted twice or scored against state that was never committed.
+
+At least once: outputs and changelog are produced, flushed and acknowledged, then offsets
+are committed; after a crash the last batch may be emitted again.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from processor.config import Settings
-from processor.engine import Engine
+from processor.engine import Engine, to_alert
 from processor.model_store import LoadedModel, ModelStoreError, latest_version, load_version
+from processor.stream.changelog import decode_state, encode_state, restore
 from processor.stream.clients import consumer_config, ensure_topics, producer_config
 from processor.stream.codec import RawRecord, decode, encode, rejected_to_dead_letter
 from processor.stream.model_topic import ModelWatcher
+from processor.stream.spill import SpillStore
 from schemas.records import DeadLetter, ModelAnnouncement
 
 log = structlog.get_logger(__name__)
+
+#: Seconds to keep retrying a retriable transactional call (broker briefly away).
+RETRY_WINDOW_S = 120.0
 
 
 class DeliveryError(Exception):
@@ -37,17 +51,37 @@ class Counters:
     alerts: int = 0
     dead_letters: int = 0
     batches: int = 0
+    aborted_batches: int = 0
+    restores: int = 0
+    restored_keys: int = 0
+    evicted_keys: int = 0
     model_version: str | None = None
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class Output:
+    topic: str
+    key: bytes | None
+    value: bytes
+    partition: int | None = None
+
+
 class Processor:
-    def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
+    def __init__(self, settings: Settings, stop: threading.Event | None = None,
+                 model_hook: Callable[[LoadedModel], LoadedModel] | None = None) -> None:
         self.settings = settings
         self.stop = stop or threading.Event()
         self.counters = Counters()
-        self._delivery_errors: list[str] = []
+        self.assigned: set[int] = set()
+        self._model_hook = model_hook or (lambda m: m)
         self._engine: Engine | None = None
+        self._delivery_errors: list[str] = []
+        self._seconds_per_record = 0.0
+        self._eos = settings.processing_guarantee == "exactly_once"
+        self._changelog = settings.changelog_topic
+        self._spill: SpillStore | None = None
+        self._consumer: Consumer | None = None
 
     # -- model versions -------------------------------------------------------------
     def _load(self, ann: ModelAnnouncement | None) -> LoadedModel | None:
@@ -68,11 +102,12 @@ class Processor:
         if ann is not None and model.metadata.checksum != ann.checksum:
             log.error("model_checksum_differs_from_announcement", version=ann.version)
             return None
-        return model
+        return self._model_hook(model)
 
     def _activate(self, model: LoadedModel) -> None:
         if self._engine is None:
-            self._engine = Engine(model, self.settings.initial_key_capacity)
+            self._engine = Engine(model, self.settings.initial_key_capacity,
+                                  self.settings.gap_reset_intervals)
         else:
             self._engine.set_model(model)
         self.counters.model_version = model.version
@@ -92,47 +127,136 @@ class Processor:
             ann = watcher.poll() or ann
         return False
 
-    # -- main loop ------------------------------------------------------------------
+    # -- life cycle -----------------------------------------------------------------
     def run(self) -> Counters:
         s = self.settings
         ensure_topics(s)
+        log.info("processor_starting", guarantee=s.processing_guarantee,
+                 instance_id=s.instance_id, settings=s.secrets_redacted())
         watcher = ModelWatcher(s)
         try:
             if not self._wait_for_model(watcher):
                 return self.counters
-            producer = Producer(producer_config(s))
-            consumer = Consumer(consumer_config(s))
-            consumer.subscribe([s.input_topic], on_assign=_log_assign, on_revoke=_log_revoke)
+            self._spill = SpillStore(s.state_dir / f"{s.group_id}-{s.instance_id}.sqlite")
+            producer = Producer(self._producer_config())
+            if self._eos:
+                self._retrying(lambda: producer.init_transactions(30))
+            consumer = Consumer(self._consumer_config())
+            self._consumer = consumer
+            consumer.subscribe([s.input_topic], on_assign=self._on_assign,
+                               on_revoke=self._on_revoke, on_lost=self._on_lost)
             try:
                 self._loop(consumer, producer, watcher)
             finally:
-                producer.flush(30)
+                if not self._eos:
+                    producer.flush(30)
                 consumer.close()
+                self._spill.close()
         finally:
             watcher.close()
         log.info("processor_stopped", **self._summary())
         return self.counters
 
+    def _producer_config(self) -> dict[str, Any]:
+        s = self.settings
+        if self._eos:
+            return producer_config(s, **{
+                "transactional.id": f"{s.group_id}-{s.instance_id}",
+                "transaction.timeout.ms": s.transaction_timeout_ms})
+        return producer_config(s)
+
+    def _consumer_config(self) -> dict[str, Any]:
+        s = self.settings
+        extra: dict[str, Any] = {"session.timeout.ms": s.session_timeout_ms,
+                                 "max.poll.interval.ms": s.max_poll_interval_ms}
+        if s.static_membership:
+            extra["group.instance.id"] = s.instance_id
+        return consumer_config(s, **extra)
+
+    # -- rebalances -----------------------------------------------------------------
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Restore the windows of newly assigned partitions before any of their records."""
+        new = {tp.partition for tp in partitions}
+        log.info("partitions_assigned", partitions=sorted(new))
+        self._restore(new)
+        self.assigned |= new
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Every batch's transaction is committed before the next poll, so nothing is open.
+        gone = {tp.partition for tp in partitions}
+        log.info("partitions_revoked", partitions=sorted(gone))
+        self._forget(gone)
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = {tp.partition for tp in partitions}
+        log.warning("partitions_lost", partitions=sorted(gone))
+        self._forget(gone)
+
+    def _forget(self, partitions: set[int]) -> None:
+        assert self._engine is not None and self._spill is not None
+        dropped = self._engine.windows.drop_partitions(partitions)
+        self._spill.drop_partitions(partitions)
+        self.assigned -= partitions
+        log.info("state_dropped", partitions=sorted(partitions), keys=dropped)
+
+    def _restore(self, partitions: set[int]) -> None:
+        assert self._engine is not None and self._spill is not None
+        self._engine.windows.drop_partitions(partitions)
+        self._spill.drop_partitions(partitions)
+        stats = restore(self.settings, partitions, self._engine.windows, time.monotonic())
+        self.counters.restores += 1
+        self.counters.restored_keys += stats.keys
+
+    # -- main loop ------------------------------------------------------------------
     def _loop(self, consumer: Consumer, producer: Producer, watcher: ModelWatcher) -> None:
         s = self.settings
-        last_report = time.monotonic()
+        last_report = last_evict = time.monotonic()
         while not self.stop.is_set():
             ann = watcher.poll()
             if ann is not None and ann.version != self.counters.model_version:
                 model = self._load(ann)
                 if model is not None:
                     self._activate(model)
-            messages = consumer.consume(num_messages=s.batch_max_records,
+            if s.idle_evict_s and time.monotonic() - last_evict > min(s.idle_evict_s, 10):
+                self._evict_idle()
+                last_evict = time.monotonic()
+            messages = consumer.consume(num_messages=self._batch_limit(),
                                         timeout=s.batch_max_wait_s)
             records = [r for m in messages if (r := _raw(m)) is not None]
             if records:
-                self._process(records, producer)
-                self._commit(consumer, records)
+                started = time.monotonic()
+                self._handle(consumer, producer, records)
+                per_record = (time.monotonic() - started) / len(records)
+                self._seconds_per_record = (per_record if not self._seconds_per_record
+                                            else 0.7 * self._seconds_per_record + 0.3 * per_record)
             if time.monotonic() - last_report > 10:
                 log.info("progress", **self._summary())
                 last_report = time.monotonic()
 
-    def _process(self, records: list[RawRecord], producer: Producer) -> None:
+    def _batch_limit(self) -> int:
+        """Cap the batch so scoring it fits the time budget (slow models stay in the group)."""
+        s = self.settings
+        if not self._seconds_per_record:
+            return min(s.batch_max_records, 100)
+        fits = int(s.batch_time_budget_s / self._seconds_per_record)
+        return max(1, min(s.batch_max_records, fits))
+
+    def _handle(self, consumer: Consumer, producer: Producer, records: list[RawRecord]) -> None:
+        outputs, tally = self._transform(records)
+        if self._eos:
+            committed = self._commit_transaction(consumer, producer, records, outputs)
+        else:
+            committed = self._commit_at_least_once(consumer, producer, records, outputs)
+        if committed:
+            c = self.counters
+            c.records_in += len(records)
+            c.scored += tally["scored"]
+            c.alerts += tally["alerts"]
+            c.dead_letters += tally["dead_letters"]
+            c.batches += 1
+
+    def _transform(self, records: list[RawRecord]) -> tuple[list[Output], dict[str, int]]:
+        """Decode, score and turn a batch into the messages it must produce."""
         assert self._engine is not None
         s = self.settings
         by_position = {(r.partition, r.offset): r for r in records}
@@ -143,39 +267,103 @@ class Processor:
                 dead.append(item)
             else:
                 observations.append(item)
-        result = self._engine.process(observations)
+        self._unspill([o.key for o in observations])
+        result = self._engine.process(observations, now=time.monotonic())
         dead.extend(rejected_to_dead_letter(rej, by_position[(rej.observation.partition,
                                                               rej.observation.offset)])
                     for rej in result.rejected)
-        alerts = result.alerts
-        for rec in result.scored:
-            self._produce(producer, s.scored_topic, rec.key, encode(rec))
-        for alert in alerts:
-            self._produce(producer, s.alert_topic, alert.key, encode(alert))
+        outputs = [Output(s.scored_topic, r.key.encode(), encode(r)) for r in result.scored]
+        now = datetime.now(UTC)
+        alerts = 0
+        for r in result.scored:
+            if not r.anomaly:
+                continue
+            alert = to_alert(r, now)
+            alerts += 1
+            outputs.append(Output(s.alert_topic, alert.key.encode(), encode(alert)))
             log.info("alert", key=alert.key, timestamp=alert.timestamp.isoformat(),
-                     value=alert.value, expected=alert.expected, log_pd=alert.log_pd)
+                     value=alert.value, expected=alert.expected, log_pd=alert.log_pd,
+                     partition=r.source_partition, offset=r.source_offset)
         for d in dead:
-            self._produce(producer, s.dead_letter_topic, None, encode(d))
+            outputs.append(Output(s.dead_letter_topic, None, encode(d)))
             self.counters.dead_letters_by_reason[d.reason.value] = (
                 self.counters.dead_letters_by_reason.get(d.reason.value, 0) + 1)
             log.warning("dead_letter", reason=d.reason.value, detail=d.detail,
                         partition=d.source_partition, offset=d.source_offset)
-        remaining = producer.flush(60)
-        if remaining or self._delivery_errors:
-            raise DeliveryError(f"{remaining} outputs undelivered, errors: "
-                                f"{self._delivery_errors[:3]}")
-        c = self.counters
-        c.records_in += len(records)
-        c.scored += len(result.scored)
-        c.alerts += len(alerts)
-        c.dead_letters += len(dead)
-        c.batches += 1
+        windows = self._engine.windows
+        for key in dict.fromkeys(o.key for o in observations):
+            state = windows.state(key)
+            if state is not None:
+                outputs.append(Output(self._changelog, key.encode(), encode_state(state),
+                                      state.partition))
+        tally = {"scored": len(result.scored), "alerts": alerts, "dead_letters": len(dead)}
+        return outputs, tally
 
-    def _produce(self, producer: Producer, topic: str, key: str | None, value: bytes) -> None:
+    # -- committing -----------------------------------------------------------------
+    def _commit_transaction(self, consumer: Consumer, producer: Producer,
+                            records: list[RawRecord], outputs: list[Output]) -> bool:
+        try:
+            producer.begin_transaction()
+            for out in outputs:
+                self._produce(producer, out)
+            offsets = _next_offsets(records)
+            self._retrying(lambda: producer.send_offsets_to_transaction(
+                offsets, consumer.consumer_group_metadata(), 30))
+            self._retrying(lambda: producer.commit_transaction(30))
+            return True
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            if err.fatal() or not err.txn_requires_abort():
+                raise
+            log.warning("transaction_aborted", error=str(err))
+            self._retrying(lambda: producer.abort_transaction(30))
+            self.counters.aborted_batches += 1
+            self._rewind(consumer)
+            return False
+
+    def _commit_at_least_once(self, consumer: Consumer, producer: Producer,
+                              records: list[RawRecord], outputs: list[Output]) -> bool:
+        for out in outputs:
+            self._produce(producer, out)
+        while producer.flush(1.0) > 0:  # librdkafka retries until message.timeout.ms
+            if self._delivery_errors:
+                break
+        if self._delivery_errors:
+            raise DeliveryError(f"outputs not delivered: {self._delivery_errors[:3]}")
+        consumer.commit(offsets=_next_offsets(records), asynchronous=False)
+        return True
+
+    def _rewind(self, consumer: Consumer) -> None:
+        """After an abort: back to the committed offsets and the committed windows."""
+        parts = [TopicPartition(self.settings.input_topic, p) for p in sorted(self.assigned)]
+        if not parts:
+            return
+        committed = consumer.committed(parts, timeout=30)
+        for tp in committed:
+            consumer.seek(TopicPartition(tp.topic, tp.partition,
+                                         tp.offset if tp.offset >= 0 else 0))
+        self._restore(set(self.assigned))
+
+    def _retrying(self, call: Callable[[], object]) -> None:
+        deadline = time.monotonic() + RETRY_WINDOW_S
         while True:
             try:
-                producer.produce(topic, value, key=None if key is None else key.encode(),
-                                 on_delivery=self._on_delivery)
+                call()
+                return
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if not err.retriable() or time.monotonic() > deadline:
+                    raise
+                log.warning("kafka_retry", error=str(err))
+                time.sleep(0.5)
+
+    def _produce(self, producer: Producer, out: Output) -> None:
+        kwargs: dict[str, Any] = {"key": out.key, "on_delivery": self._on_delivery}
+        if out.partition is not None:
+            kwargs["partition"] = out.partition
+        while True:
+            try:
+                producer.produce(out.topic, out.value, **kwargs)
                 return
             except BufferError:
                 producer.poll(0.1)  # local queue full: let deliveries drain
@@ -184,19 +372,47 @@ class Processor:
         if err is not None:
             self._delivery_errors.append(f"{msg.topic()}: {err}")
 
-    def _commit(self, consumer: Consumer, records: list[RawRecord]) -> None:
-        next_offsets: dict[tuple[str, int], int] = {}
-        for r in records:
-            next_offsets[(r.topic, r.partition)] = max(
-                next_offsets.get((r.topic, r.partition), 0), r.offset + 1)
-        consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
-                        asynchronous=False)
+    # -- idle keys ------------------------------------------------------------------
+    def _evict_idle(self) -> None:
+        assert self._engine is not None and self._spill is not None
+        windows = self._engine.windows
+        idle = windows.idle_keys(time.monotonic() - self.settings.idle_evict_s)
+        if not idle:
+            return
+        items = []
+        for key in idle:
+            state = windows.state(key)
+            if state is not None:
+                items.append((key, state.partition, encode_state(state)))
+        self._spill.put_many(items)
+        for key in idle:
+            windows.remove(key)
+        self.counters.evicted_keys += len(idle)
+        log.info("keys_evicted", keys=len(idle), in_memory=len(windows))
+
+    def _unspill(self, keys: list[str]) -> None:
+        assert self._engine is not None and self._spill is not None
+        windows = self._engine.windows
+        missing = [k for k in dict.fromkeys(keys) if k not in windows]
+        if missing and self.settings.idle_evict_s:
+            now = time.monotonic()
+            for key, data in self._spill.take_many(missing).items():
+                windows.put(key, decode_state(data), now)
 
     def _summary(self) -> dict[str, object]:
         c = self.counters
         return {"records_in": c.records_in, "scored": c.scored, "alerts": c.alerts,
                 "dead_letters": c.dead_letters, "batches": c.batches,
-                "model_version": c.model_version}
+                "aborted_batches": c.aborted_batches, "model_version": c.model_version,
+                "keys_in_memory": len(self._engine.windows) if self._engine else 0}
+
+
+def _next_offsets(records: list[RawRecord]) -> list[TopicPartition]:
+    next_offsets: dict[tuple[str, int], int] = {}
+    for r in records:
+        next_offsets[(r.topic, r.partition)] = max(
+            next_offsets.get((r.topic, r.partition), 0), r.offset + 1)
+    return [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
 
 
 def _raw(msg: Message) -> RawRecord | None:
@@ -207,11 +423,3 @@ def _raw(msg: Message) -> RawRecord | None:
         return None
     return RawRecord(msg.topic() or "", msg.partition() or 0, msg.offset() or 0,
                      msg.key(), msg.value())
-
-
-def _log_assign(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
-    log.info("partitions_assigned", partitions=[p.partition for p in partitions])
-
-
-def _log_revoke(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
-    log.info("partitions_revoked", partitions=[p.partition for p in partitions])

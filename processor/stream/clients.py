@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import structlog
@@ -55,6 +56,30 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
         settings.model_topic: NewTopic(settings.model_topic, 1,
                                        config={"cleanup.policy": "compact"}),
     }
+    _create_missing(admin, wanted, timeout_s)
+    # The changelog must have exactly the input topic's partitions (co-partitioning).
+    n_input = partition_count(admin, settings.input_topic, timeout_s)
+    changelog = NewTopic(settings.changelog_topic, n_input, config={"cleanup.policy": "compact"})
+    _create_missing(admin, {settings.changelog_topic: changelog}, timeout_s)
+    n_changelog = partition_count(admin, settings.changelog_topic, timeout_s)
+    if n_changelog != n_input:
+        raise KafkaException(f"{settings.changelog_topic} has {n_changelog} partitions but "
+                             f"{settings.input_topic} has {n_input}; they must match")
+
+
+def partition_count(admin: AdminClient, topic: str, timeout_s: float) -> int:
+    """Partitions of a topic, waiting out the moment after creation when metadata lags."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        meta = admin.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is not None and meta.error is None and meta.partitions:
+            return len(meta.partitions)
+        if time.monotonic() > deadline:
+            raise KafkaException(f"topic {topic} has no partitions in the broker's metadata")
+        time.sleep(0.1)
+
+
+def _create_missing(admin: AdminClient, wanted: dict[str, NewTopic], timeout_s: float) -> None:
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     missing = [t for name, t in wanted.items() if name not in existing]
     if not missing:

@@ -1,0 +1,117 @@
+"""The per-key window state on a compacted changelog topic, and restoring it.
+
+The changelog is co-partitioned with the input topic: a key's state lives in the changelog
+partition with the number of the input partition the key arrives on, so a processor that
+is assigned input partition p restores exactly changelog partition p. With exactly-once
+processing the state updates of a batch commit in the same transaction as its outputs and
+offsets, so a restored window always matches the committed input position.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from processor.config import Settings
+from processor.stream.clients import base_config
+from processor.windows import KeyState, WindowStore
+
+log = structlog.get_logger(__name__)
+
+_FORMAT = 1
+_HEADER = struct.Struct("<BqqiH")  # format, count, last_ts, partition, number of values
+
+
+class RestoreError(Exception):
+    """The changelog could not be read to its end in time."""
+
+
+def encode_state(state: KeyState) -> bytes:
+    values = np.ascontiguousarray(state.values, dtype="<f4")
+    return _HEADER.pack(_FORMAT, state.count, state.last_ts, state.partition,
+                        len(values)) + values.tobytes()
+
+
+def decode_state(data: bytes) -> KeyState:
+    fmt, count, last_ts, partition, n = _HEADER.unpack_from(data)
+    if fmt != _FORMAT:
+        raise ValueError(f"unknown changelog format {fmt}")
+    values = np.frombuffer(data, dtype="<f4", count=n, offset=_HEADER.size).astype(np.float32)
+    return KeyState(values, count, last_ts, partition)
+
+
+@dataclass(frozen=True)
+class RestoreStats:
+    partitions: list[int]
+    records: int
+    keys: int
+    seconds: float
+
+
+def restore(settings: Settings, partitions: Iterable[int], store: WindowStore,
+            now: float = 0.0) -> RestoreStats:
+    """Read the changelog partitions from the start to their current end into `store`.
+
+    Bounded by `settings.restore_timeout_s`; progress is logged every few seconds.
+    """
+    parts = sorted(set(partitions))
+    topic = settings.changelog_topic
+    started = time.monotonic()
+    consumer = Consumer({
+        **base_config(settings),
+        "group.id": f"restore-{uuid.uuid4()}",
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+        "fetch.max.bytes": 52_428_800,
+    })
+    records = 0
+    keys: set[str] = set()
+    try:
+        pending = set()
+        assignment = []
+        for p in parts:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p),
+                                                       timeout=settings.restore_timeout_s)
+            if high > low:
+                pending.add(p)
+                assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        consumer.assign(assignment)
+        deadline = started + settings.restore_timeout_s
+        last_log = started
+        while pending:
+            if time.monotonic() > deadline:
+                raise RestoreError(f"restoring {topic} partitions {sorted(pending)} took longer "
+                                   f"than {settings.restore_timeout_s} s ({records} records read)")
+            for msg in consumer.consume(10_000, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(msg.partition() or 0)
+                        continue
+                    raise RestoreError(f"reading {topic}: {err}")
+                key = (msg.key() or b"").decode()
+                value = msg.value()
+                records += 1
+                keys.add(key)
+                if value is None:
+                    store.remove(key)
+                else:
+                    store.put(key, decode_state(value), now)
+            if time.monotonic() - last_log > 5:
+                log.info("restore_progress", topic=topic, records=records,
+                         remaining_partitions=sorted(pending))
+                last_log = time.monotonic()
+    finally:
+        consumer.close()
+    stats = RestoreStats(parts, records, len(keys), round(time.monotonic() - started, 3))
+    log.info("state_restored", topic=topic, partitions=parts, records=records, keys=len(keys),
+             seconds=stats.seconds)
+    return stats

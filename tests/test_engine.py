@@ -97,3 +97,19 @@ def test_model_switch_keeps_windows_and_names_the_version():
     out = engine.process([obs("a", 3, 10.0)])
     assert out.scored[0].status == Status.SCORED
     assert out.scored[0].model_version == "v2"
+
+
+def test_long_gap_resets_the_window():
+    m = model()
+    profile = m.metadata.profiles["a"].model_copy(update={"interval_ms": 1.0})
+    m.table = ProfileTable({"a": profile}, m.metadata.default_profile)
+    engine = Engine(m, gap_reset_intervals=10)
+    out = engine.process([obs("a", t, 10.0) for t in [0, 1, 2, 3, 4, 100, 101, 102, 103]])
+    statuses = [r.status for r in out.scored]
+    assert statuses[:5] == [Status.WINDOW_FILLING] * 3 + [Status.SCORED] * 2
+    assert statuses[5] == Status.WINDOW_RESET
+    assert statuses[6:] == [Status.WINDOW_FILLING] * 2 + [Status.SCORED]
+    # Disabled: the gap is just another step.
+    plain = Engine(m, gap_reset_intervals=0).process(
+        [obs("a", t, 10.0) for t in [0, 1, 2, 3, 100]])
+    assert plain.scored[-1].status == Status.SCORED

@@ -105,6 +105,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args, settings)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from processor.bench import run_bench
+
+    settings = settings_from_args(args)
+    _configure_logs(settings)
+    return run_bench(args, settings)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from processor.evaluate import run_evaluate
+
+    settings = settings_from_args(args)
+    _configure_logs(settings)
+    return run_evaluate(args)
+
+
 def cmd_versions(args: argparse.Namespace) -> int:
     from processor.model_store import list_versions, read_metadata
 
@@ -148,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only the first rows: a count, or a fraction below 1")
     p.add_argument("--since", help="topic: start time (ISO-8601 or epoch ms)")
     p.add_argument("--until", help="topic: end time (ISO-8601 or epoch ms)")
+    p.add_argument("--since-hours", type=float,
+                   help="topic: start this many hours before now (for scheduled retraining)")
     p.add_argument("--no-announce", action="store_true",
                    help="write the version to the store but do not announce it on Kafka")
     _add_model_flags(p, TrainConfig, skip=["name", "verbose"])
@@ -194,10 +212,49 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(p, [*KAFKA_FIELDS, "partitions"])
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("bench", help="measure naive, batched and end-to-end throughput, "
+                       "latency and memory per key")
+    p.add_argument("--keys", type=int, default=1000)
+    p.add_argument("--records", type=int, default=100_000, help="end-to-end input records")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--batch", type=int, default=2000, help="processor batch_max_records")
+    p.add_argument("--window", type=int, default=50)
+    p.add_argument("--units", type=int, default=64)
+    p.add_argument("--naive-seconds", type=float, default=10.0)
+    p.add_argument("--inference-seconds", type=float, default=3.0)
+    p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--memory-keys", type=int, nargs="+", default=[1000, 100_000, 1_000_000])
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/throughput.json"))
+    p.add_argument("--out-dir", type=Path, default=Path("out/bench"))
+    p.add_argument("--external-broker", action="store_true",
+                   help="use --bootstrap-servers as is instead of starting the local broker")
+    add_settings_flags(p, KAFKA_FIELDS)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("evaluate", help="run the NAB protocol on a folder in NAB's layout")
+    p.add_argument("--nab-dir", type=Path, default=_default_nab_dir(),
+                   help="folder with data/<category>/*.csv, labels/, config/")
+    p.add_argument("--files", nargs="+", help="subset, e.g. realKnownCause/nyc_taxi.csv")
+    p.add_argument("--window", type=int, default=30)
+    p.add_argument("--units", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--retrain", choices=["doubling", "none"], default="doubling")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/nab-dev.json"))
+    p.add_argument("--out-dir", type=Path, default=Path("out/nab"))
+    add_settings_flags(p, ["log_level", "log_json"])
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("versions", help="list model versions in the store with their metrics")
     add_settings_flags(p, STORE_FIELDS)
     p.set_defaults(func=cmd_versions)
     return parser
+
+
+def _default_nab_dir() -> Path:
+    from processor.demo import _nab_dir
+
+    return _nab_dir()
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -99,7 +100,12 @@ def run_training(args: argparse.Namespace, settings: Settings) -> int:
         series = [first_rows(csv_series(args.csv, args.labels, args.key), args.rows)]
         source = str(args.csv)
     else:
-        series = topic_series(settings, args.since, args.until)
+        since = args.since
+        if args.since_hours is not None:
+            if args.since is not None:
+                raise DataError("give --since or --since-hours, not both")
+            since = str(int((time.time() - args.since_hours * 3600) * 1000))
+        series = topic_series(settings, since, args.until)
         source = f"kafka:{settings.input_topic}"
     outcome = train(series, cfg, source)
     path = store_and_announce(outcome, settings, announce=not args.no_announce)

@@ -1,0 +1,391 @@
+"""`anomaly bench`: how fast the model is, and how close the processor gets to it.
+
+One run measures, on one machine: the naive baseline (`model.predict` per record),
+batched inference alone, end-to-end throughput through a real broker, latency at fixed
+offered loads, and memory per key. It prints a table and writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+from confluent_kafka import Consumer, Producer
+
+from processor.config import Settings
+from processor.stream.clients import base_config, ensure_topics, producer_config
+
+log = structlog.get_logger(__name__)
+
+BATCH_SIZES = (1, 16, 64, 256, 1024, 4096)
+
+
+# -- the model ---------------------------------------------------------------------------
+
+def bench_model(store: Path, name: str, window: int, units: int) -> Path:
+    """The newest stored version, or a real LSTM trained briefly on a NAB series."""
+    from processor.model_store import latest_version, save_version
+
+    found = latest_version(store, name)
+    if found is not None:
+        return found
+    from processor.dataset import read_csv
+    from processor.demo import DEFAULT_SERIES, _nab_dir
+    from processor.train import TrainConfig, train
+
+    series = read_csv(_nab_dir() / "data" / DEFAULT_SERIES).slice(0, 6000)
+    cfg = TrainConfig(name=name, window=window, units=units, epochs=2, verbose=0)
+    outcome = train([series], cfg, "bench")
+    return save_version(store, outcome.metadata, outcome.network)
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem_gb, 1),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+# -- inference ---------------------------------------------------------------------------
+
+def naive_rps(version_dir: Path, seconds: float) -> float:
+    """One `model.predict` call per record: the approach this project replaces."""
+    from processor.model_store import load_version
+
+    model = load_version(version_dir)
+    network = model.predictor.model
+    x = np.random.default_rng(0).normal(size=(1, model.window, 1)).astype(np.float32)
+    network.predict(x, verbose=0)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        network.predict(x, verbose=0)
+        n += 1
+    return n / (time.perf_counter() - start)
+
+
+def inference_rps(version_dir: Path, seconds_each: float) -> dict[int, float]:
+    """Batched calls of the processor's predictor on windows already in memory."""
+    from processor.model_store import load_version
+
+    predictor = load_version(version_dir).predictor
+    rng = np.random.default_rng(0)
+    out: dict[int, float] = {}
+    for size in BATCH_SIZES:
+        x = rng.normal(size=(size, predictor.window)).astype(np.float32)
+        predictor(x)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds_each:
+            predictor(x)
+            n += size
+        out[size] = n / (time.perf_counter() - start)
+    return out
+
+
+# -- end to end --------------------------------------------------------------------------
+
+def _series_rows(keys: int, per_key: int, start_ms: int) -> list[tuple[str, int, float]]:
+    """Real values (the NAB machine-temperature series) spread over many keys."""
+    from processor.dataset import read_csv
+    from processor.demo import DEFAULT_SERIES, _nab_dir
+
+    values = read_csv(_nab_dir() / "data" / DEFAULT_SERIES).values
+    rows = []
+    for i in range(per_key):
+        for k in range(keys):
+            v = float(values[(i + 97 * k) % len(values)])
+            rows.append((f"key-{k:07d}", start_ms + i * 300_000, v))
+    return rows
+
+
+def _produce(settings: Settings, rows: list[tuple[str, int, float]],
+             rate: float | None = None, sent_at: dict[tuple[str, int], float] | None = None
+             ) -> None:
+    producer = Producer(producer_config(settings, **{"linger.ms": 20}))
+    start = time.perf_counter()
+    for i, (key, ts, value) in enumerate(rows):
+        if rate is not None:
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        body = json.dumps({"key": key, "timestamp": ts, "value": value}).encode()
+        while True:
+            try:
+                producer.produce(settings.input_topic, body, key=key.encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if sent_at is not None:
+            sent_at[(key, ts)] = time.time()
+        producer.poll(0)
+    producer.flush(120)
+
+
+def _processor(settings: Settings, log_path: Path, extra_env: dict[str, str]
+               ) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+           "ANOMALY_INPUT_TOPIC": settings.input_topic,
+           "ANOMALY_SCORED_TOPIC": settings.scored_topic,
+           "ANOMALY_ALERT_TOPIC": settings.alert_topic,
+           "ANOMALY_DEAD_LETTER_TOPIC": settings.dead_letter_topic,
+           "ANOMALY_MODEL_TOPIC": settings.model_topic, "ANOMALY_GROUP_ID": settings.group_id,
+           "ANOMALY_MODEL_STORE": str(settings.model_store),
+           "ANOMALY_MODEL_NAME": settings.model_name, **extra_env}
+    with log_path.open("ab") as fh:
+        return subprocess.Popen([sys.executable, "-m", "processor.cli", "run"], env=env,
+                                stdout=fh, stderr=subprocess.STDOUT)
+
+
+def _scored_consumer(settings: Settings) -> Consumer:
+    c = Consumer({**base_config(settings), "group.id": f"bench-{uuid.uuid4()}",
+                  "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 5})
+    c.subscribe([settings.scored_topic])
+    return c
+
+
+def end_to_end(settings: Settings, rows: list[tuple[str, int, float]], log_path: Path,
+               extra_env: dict[str, str]) -> dict[str, float]:
+    """Pre-fill the input topic, then time the processor draining it."""
+    _produce(settings, rows)
+    consumer = _scored_consumer(settings)
+    proc = _processor(settings, log_path, extra_env)
+    started = time.perf_counter()
+    first = last = None
+    seen = 0
+    try:
+        deadline = time.perf_counter() + 900
+        while seen < len(rows) and time.perf_counter() < deadline:
+            msgs = [m for m in consumer.consume(5000, 0.2) if not m.error()]
+            if msgs:
+                now = time.perf_counter()
+                first = first or now
+                last = now
+                seen += len(msgs)
+    finally:
+        consumer.close()
+    rss = _rss_of(proc.pid)
+    _stop(proc)
+    if first is None or last is None or seen < len(rows):
+        raise RuntimeError(f"only {seen} of {len(rows)} scored records arrived; see {log_path}")
+    return {"records": len(rows), "seconds": round(last - first, 3),
+            "e2e_rps": len(rows) / max(last - first, 1e-9),
+            "wall_from_start_s": round(last - started, 3), "processor_rss_mb": rss}
+
+
+def latency(settings: Settings, rows: list[tuple[str, int, float]], rate: float,
+            log_path: Path, extra_env: dict[str, str]) -> dict[str, float]:
+    """Offer `rate` records/s; time produce -> scored record readable, per record."""
+    consumer = _scored_consumer(settings)
+    proc = _processor(settings, log_path, extra_env)
+    sent_at: dict[tuple[str, int], float] = {}
+    lat: list[float] = []
+    try:
+        _wait_ready(log_path, proc)
+        producer = threading.Thread(target=_produce, args=(settings, rows, rate, sent_at))
+        producer.start()
+        deadline = time.perf_counter() + len(rows) / rate + 120
+        while len(lat) < len(rows) and time.perf_counter() < deadline:
+            for m in consumer.consume(5000, 0.05):
+                value = m.value()
+                if m.error() or value is None:
+                    continue
+                now = time.time()
+                rec = json.loads(value)
+                ts = int(np.datetime64(rec["timestamp"].rstrip("Z"), "ms").astype(np.int64))
+                sent = sent_at.get((rec["key"], ts))
+                if sent is not None:
+                    lat.append((now - sent) * 1000)
+        producer.join()
+    finally:
+        consumer.close()
+        _stop(proc)
+    a = np.array(lat)
+    return {"offered_rps": rate, "measured": len(a), "p50_ms": float(np.percentile(a, 50)),
+            "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max())}
+
+
+def _wait_ready(log_path: Path, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the processor has loaded the model and owns its partitions."""
+    start = log_path.stat().st_size if log_path.exists() else 0
+    deadline = time.perf_counter() + 120
+    while time.perf_counter() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"processor exited during start-up; see {log_path}")
+        with log_path.open("rb") as fh:
+            fh.seek(start)
+            if b"partitions_assigned" in fh.read():
+                time.sleep(1.0)  # restore runs right after assignment
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"processor not ready after 120 s; see {log_path}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _rss_of(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return float("nan")
+
+
+# -- memory ------------------------------------------------------------------------------
+
+def memory_per_key(version_dir: Path, key_counts: tuple[int, ...]) -> dict[str, Any]:
+    """Resident memory of a process holding the model and N keys of full windows."""
+    results = {}
+    for n in key_counts:
+        code = (
+            "import sys, numpy as np\n"
+            "from pathlib import Path\n"
+            "from processor.model_store import load_version\n"
+            "from processor.engine import Engine\n"
+            "from processor.bench import current_rss_mb\n"
+            "from processor.windows import KeyState\n"
+            f"m = load_version(Path({str(version_dir)!r}))\n"
+            "e = Engine(m)\n"
+            "before = current_rss_mb()\n"
+            "full = np.ones(m.window, np.float32)\n"
+            f"for i in range({n}):\n"
+            "    e.windows.put(f'key-{i:07d}', KeyState(full, m.window, 1, i % 4))\n"
+            "print(before, current_rss_mb(), len(e.windows))\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True).stdout.split()
+        results[str(n)] = {"rss_before_mb": float(out[0]), "rss_after_mb": float(out[1]),
+                           "keys": int(out[2])}
+    lo, hi = min(key_counts), max(key_counts)
+    grow = results[str(hi)]["rss_after_mb"] - results[str(lo)]["rss_after_mb"]
+    return {"by_keys": results, "bytes_per_key": grow * 2**20 / (hi - lo)}
+
+
+def current_rss_mb() -> float:
+    return _rss_of(os.getpid())
+
+
+# -- command -----------------------------------------------------------------------------
+
+def run_bench(args: argparse.Namespace, settings: Settings) -> int:
+    out_dir: Path = args.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not args.external_broker:
+        from processor.localbroker import start
+
+        settings = settings.model_copy(update={"bootstrap_servers": start()})
+    store = out_dir / "models"
+    version_dir = bench_model(store, "bench", args.window, args.units)
+    run_id = uuid.uuid4().hex[:8]
+    results: dict[str, Any] = {"command": "anomaly bench " + shlex.join(sys.argv[2:]),
+                               "machine": machine(), "model": str(version_dir.name),
+                               "window": args.window, "units": args.units, "keys": args.keys}
+    print("naive baseline ...", flush=True)
+    results["naive_rps"] = naive_rps(version_dir, args.naive_seconds)
+    print("inference alone ...", flush=True)
+    inf = inference_rps(version_dir, args.inference_seconds)
+    results["inference_rps"] = {str(k): v for k, v in inf.items()}
+    best = max(inf, key=lambda k: inf[k])
+    results["inference_rps_best"] = inf[best]
+    results["inference_best_batch"] = best
+
+    extra = {"ANOMALY_BATCH_MAX_RECORDS": str(args.batch)}
+
+    def fresh(tag: str) -> Settings:
+        s = settings.model_copy(update={
+            "input_topic": f"bench-{run_id}-{tag}.input",
+            "scored_topic": f"bench-{run_id}-{tag}.scored",
+            "alert_topic": f"bench-{run_id}-{tag}.alerts",
+            "dead_letter_topic": f"bench-{run_id}-{tag}.deadletter",
+            "model_topic": f"bench-{run_id}.models", "group_id": f"bench-{run_id}-{tag}",
+            "model_store": store, "model_name": "bench", "partitions": args.partitions})
+        ensure_topics(s)
+        return s
+
+    per_key = max(1, args.records // args.keys)
+    rows = _series_rows(args.keys, per_key, 1_600_000_000_000)
+    print(f"end to end: {len(rows)} records over {args.keys} keys ...", flush=True)
+    e2e = end_to_end(fresh("e2e"), rows, out_dir / "processor-e2e.log", extra)
+    results["e2e"] = e2e
+    results["e2e_rps"] = e2e["e2e_rps"]
+
+    lat_rows = _series_rows(args.keys, max(1, int(args.latency_seconds * e2e["e2e_rps"])
+                                           // args.keys), 1_700_000_000_000)
+    results["latency"] = {}
+    for share in (0.25, 0.5, 0.75):
+        rate = share * e2e["e2e_rps"]
+        n = int(rate * args.latency_seconds)
+        print(f"latency at {share:.0%} load ({rate:.0f} records/s) ...", flush=True)
+        results["latency"][f"{share:g}"] = latency(fresh(f"lat{int(share * 100)}"),
+                                                   lat_rows[:n], rate,
+                                                   out_dir / "processor-latency.log", extra)
+    results["latency_ms_p99_at_half_load"] = results["latency"]["0.5"]["p99_ms"]
+
+    print("memory per key ...", flush=True)
+    mem = memory_per_key(version_dir, tuple(args.memory_keys))
+    results["memory"] = mem
+    results["bytes_per_key"] = mem["bytes_per_key"]
+    results["peak_rss_mb_bench_process"] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+    print_table(results)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten: {out}")
+    return 0
+
+
+def print_table(r: dict[str, Any]) -> None:
+    m = r["machine"]
+    print(f"\nmachine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; model window "
+          f"{r['window']}, {r['units']} units")
+    rows = [("naive model.predict per record", f"{r['naive_rps']:.1f} records/s")]
+    for size, rps in r["inference_rps"].items():
+        rows.append((f"inference alone, batch {size}", f"{rps:,.0f} records/s"))
+    e2e = r["e2e"]
+    rows += [
+        ("end to end through Kafka", f"{e2e['e2e_rps']:,.0f} records/s "
+         f"({e2e['records']} records, {r['keys']} keys)"),
+        ("  as share of best inference", f"{e2e['e2e_rps'] / r['inference_rps_best']:.0%}"),
+        ("  as multiple of naive", f"{e2e['e2e_rps'] / r['naive_rps']:,.0f}x"),
+    ]
+    for share, lat in r["latency"].items():
+        rows.append((f"latency at {float(share):.0%} load ({lat['offered_rps']:.0f}/s)",
+                     f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "
+                     f"max {lat['max_ms']:.1f} ms"))
+    for n, mem in r["memory"]["by_keys"].items():
+        rows.append((f"resident memory, {int(n):,} keys", f"{mem['rss_after_mb']:.0f} MB"))
+    rows.append(("memory per key (full window)", f"{r['bytes_per_key']:.0f} bytes"))
+    width = max(len(a) for a, _ in rows)
+    for a, b in rows:
+        print(f"{a:<{width}}  {b}")

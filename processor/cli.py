@@ -239,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--units", type=int, default=32)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--retrain", choices=["doubling", "none"], default="doubling")
+    p.add_argument("--horizon", type=int, default=0,
+                   help="fit the error Gaussian on the last N errors (0: the trained one)")
+    p.add_argument("--smooth", type=int, default=1, help="average |z| over the last N rows")
+    p.add_argument("--group", type=int, default=0,
+                   help="a row counts only above the maximum of the previous N rows")
+    p.add_argument("--sweep", action="store_true",
+                   help="also score a grid of post-processing variants on the same errors")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/nab-dev.json"))
     p.add_argument("--out-dir", type=Path, default=Path("out/nab"))

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import structlog
-from scipy.special import ndtr
 
 from processor.dataset import Series
 from processor.detect import loaded_from_outcome
@@ -43,10 +42,12 @@ from processor.nab.scoring import (
     probation_length,
     score_corpus,
 )
+from processor.postprocess import PostProcess, scores
 from processor.train import TrainConfig, train
 
 log = structlog.get_logger(__name__)
 
+PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
 PUBLISHED = ("ARTime", "numenta", "contextOSE", "randomCutForest", "windowedGaussian")
 
 
@@ -57,13 +58,6 @@ class EvalConfig:
     epochs: int = 30
     retrain: str = "doubling"  # or "none"
     seed: int = 0
-
-
-def anomaly_score(scaled_error: npt.NDArray[np.float64], mean: np.float64,
-                  var: np.float64) -> npt.NDArray[np.float64]:
-    """1 - two-sided Gaussian tail probability of each error: 0 typical, 1 impossible."""
-    z = np.abs(scaled_error - mean) / np.sqrt(var)
-    return np.asarray(1.0 - 2.0 * ndtr(-z))
 
 
 def _train(series: Series, cfg: EvalConfig) -> Any:
@@ -84,14 +78,25 @@ def _retrain_points(n: int, probation: int, policy: str) -> list[int]:
     return points
 
 
-def score_file(cf: CorpusFile, cfg: EvalConfig) -> npt.NDArray[np.float64]:
-    """Per-row anomaly scores of one series, learning only from rows already seen."""
+@dataclass(frozen=True)
+class FileErrors:
+    """Per row: the scaled error (NaN when unscored) and the active Gaussian."""
+
+    error: npt.NDArray[np.float64]
+    mean: npt.NDArray[np.float64]
+    var: npt.NDArray[np.float64]
+
+
+def file_errors(cf: CorpusFile, cfg: EvalConfig) -> FileErrors:
+    """Stream one series through the engine, learning only from rows already seen."""
     n = len(cf.values)
     ts = (cf.timestamps.astype("datetime64[ms]").astype(np.int64))
     series = Series("s", ts, cf.values.astype(np.float64))
     probation = probation_length(n)
     engine = Engine(_train(series.slice(0, probation), cfg))
-    scores = np.zeros(n)
+    errors = np.full(n, np.nan)
+    mean = np.zeros(n)
+    var = np.ones(n)
     boundaries = sorted({probation, *_retrain_points(n, probation, cfg.retrain), n})
     start = 0
     for stop in boundaries:
@@ -100,15 +105,47 @@ def score_file(cf: CorpusFile, cfg: EvalConfig) -> npt.NDArray[np.float64]:
         batch = [Observation("s", int(ts[i]), float(cf.values[i]), 0, i)
                  for i in range(start, stop)]
         profile = engine.model.metadata.profiles["s"]
+        mean[start:stop] = profile.error_mean
+        var[start:stop] = profile.error_var
         for lo in range(0, len(batch), 512):
             scored = [r for r in engine.process(batch[lo : lo + 512]).scored
                       if r.error is not None]
             rows = np.array([r.source_offset for r in scored], np.int64)
-            scaled = np.array([r.error for r in scored]) / profile.scale_std
-            scores[rows] = anomaly_score(scaled, np.float64(profile.error_mean),
-                                         np.float64(profile.error_var))
+            errors[rows] = np.array([r.error for r in scored]) / profile.scale_std
         start = stop
-    return scores
+    return FileErrors(errors, mean, var)
+
+
+def cached_errors(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> FileErrors:
+    """The expensive part (training, streaming) once per series and model settings."""
+    key = f"w{cfg.window}-u{cfg.units}-e{cfg.epochs}-{cfg.retrain}-s{cfg.seed}"
+    path = cache_dir / key / (cf.name.replace("/", "__") + ".npz")
+    if path.exists():
+        data = np.load(path)
+        return FileErrors(data["error"], data["mean"], data["var"])
+    fe = file_errors(cf, cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, error=fe.error, mean=fe.mean, var=fe.var)
+    return fe
+
+
+def nab_scores(names: list[str], corpus: dict[str, CorpusFile],
+               errors: dict[str, FileErrors], pp: PostProcess, nab_dir: Path
+               ) -> dict[str, Any]:
+    """Normalised NAB scores (and per-file raw scores) under each profile."""
+    per_row = {n: scores(errors[n].error, errors[n].mean, errors[n].var, pp) for n in names}
+    n_windows = sum(len(corpus[n].windows) for n in names)
+    prepared = {n: prepare_file(per_row[n], corpus[n].windows) for n in names}
+    out: dict[str, Any] = {"per_file": {}, "per_row": per_row}
+    for profile, cost in load_profiles(nab_dir).items():
+        result = score_corpus(prepared, cost)
+        out[profile] = round(result.normalised, 2)
+        out[f"{profile}_threshold"] = result.threshold
+        for n, fs in result.files.items():
+            out["per_file"].setdefault(n, {})[profile] = round(fs.score, 4)
+        _check(result.raw, null_score(n_windows, cost), perfect_score(n_windows, cost),
+               result.normalised)
+    return out
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -117,35 +154,31 @@ def run_evaluate(args: argparse.Namespace) -> int:
     corpus = load_corpus(nab_dir, names)
     cfg = EvalConfig(window=args.window, units=args.units, epochs=args.epochs,
                      retrain=args.retrain, seed=args.seed)
+    pp = PostProcess(horizon=args.horizon, smooth=args.smooth, group=args.group)
     out_dir: Path = args.out_dir
     started = time.monotonic()
-    per_file: dict[str, npt.NDArray[np.float64]] = {}
+    errors: dict[str, FileErrors] = {}
     for i, name in enumerate(names, 1):
         t0 = time.monotonic()
-        cf = corpus[name]
-        per_file[name] = score_file(cf, cfg)
-        write_results(out_dir / "results" / Path(name).parent /
-                      f"lstm_{Path(name).name}", cf.timestamps, cf.values, per_file[name],
-                      cf.windows)
+        errors[name] = cached_errors(corpus[name], cfg, out_dir / "cache")
         elapsed = time.monotonic() - started
-        print(f"[{i}/{len(names)}] {name}: {len(cf.values)} rows in "
+        print(f"[{i}/{len(names)}] {name}: {len(corpus[name].values)} rows in "
               f"{time.monotonic() - t0:.0f} s (elapsed {elapsed / 60:.1f} min, about "
               f"{elapsed / i * (len(names) - i) / 60:.0f} min left)", flush=True)
 
-    n_windows = sum(len(corpus[n].windows) for n in names)
-    summary: dict[str, Any] = {"command": "anomaly evaluate " + shlex.join(sys.argv[2:]),
-                               "files": len(names), "windows": n_windows,
-                               "config": cfg.__dict__, "per_file": {}}
-    prepared = {n: prepare_file(per_file[n], corpus[n].windows) for n in names}
-    for profile, cost in load_profiles(nab_dir).items():
-        result = score_corpus(prepared, cost)
-        summary[profile] = round(result.normalised, 2)
-        summary[f"{profile}_threshold"] = result.threshold
-        for n, fs in result.files.items():
-            summary["per_file"].setdefault(n, {})[profile] = round(fs.score, 4)
-        _check(result.raw, null_score(n_windows, cost), perfect_score(n_windows, cost),
-               result.normalised)
-    summary["seconds"] = round(time.monotonic() - started, 1)
+    result = nab_scores(names, corpus, errors, pp, nab_dir)
+    for name in names:
+        cf = corpus[name]
+        write_results(out_dir / "results" / Path(name).parent / f"lstm_{Path(name).name}",
+                      cf.timestamps, cf.values, result["per_row"][name], cf.windows)
+    summary: dict[str, Any] = {
+        "command": "anomaly evaluate " + shlex.join(sys.argv[2:]),
+        "files": len(names), "windows": sum(len(corpus[n].windows) for n in names),
+        "model": cfg.__dict__, "postprocess": pp.__dict__,
+        **{k: v for k, v in result.items() if k != "per_row"},
+        "seconds": round(time.monotonic() - started, 1)}
+    if args.sweep:
+        summary["sweep"] = sweep(names, corpus, errors, nab_dir)
     if set(names) == set(data_files(nab_dir)):
         summary["published_same_files"] = {d: {p: round(v, 2) for p, v in
                                                 published_scores(nab_dir, d).items()}
@@ -158,17 +191,32 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def sweep(names: list[str], corpus: dict[str, CorpusFile], errors: dict[str, FileErrors],
+          nab_dir: Path) -> list[dict[str, Any]]:
+    """Post-processing variants on the same cached errors: the path to the chosen one."""
+    rows = []
+    for horizon in (0, 500, 2000):
+        for smooth in (1, 3, 10):
+            for group in (0, 50, 200):
+                pp = PostProcess(horizon, smooth, group)
+                r = nab_scores(names, corpus, errors, pp, nab_dir)
+                rows.append({**pp.__dict__, **{p: r[p] for p in PROFILES}})
+                print(f"  {pp.label():40s} " + " ".join(f"{r[p]:6.1f}" for p in PROFILES),
+                      flush=True)
+    return rows
+
+
 def _check(raw: float, null: float, perfect: float, normalised: float) -> None:
     assert abs(normalise(raw, null, perfect) - normalised) < 1e-9
 
 
 def print_report(summary: dict[str, Any]) -> None:
-    profiles = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
+    profiles = PROFILES
     print(f"\n{'file':60s} " + " ".join(f"{p[:18]:>18s}" for p in profiles))
-    for name, scores in summary["per_file"].items():
-        print(f"{name:60s} " + " ".join(f"{scores.get(p, float('nan')):18.3f}" for p in profiles))
+    for name, raw in summary["per_file"].items():
+        print(f"{name:60s} " + " ".join(f"{raw.get(p, float('nan')):18.3f}" for p in profiles))
     print(f"\nnormalised NAB score over {summary['files']} files ({summary['windows']} windows):")
     print(f"{'detector':20s} " + " ".join(f"{p[:18]:>18s}" for p in profiles))
     print(f"{'this (LSTM)':20s} " + " ".join(f"{summary[p]:18.1f}" for p in profiles))
-    for det, scores in summary.get("published_same_files", {}).items():
-        print(f"{det:20s} " + " ".join(f"{scores[p]:18.1f}" for p in profiles))
+    for det, published in summary.get("published_same_files", {}).items():
+        print(f"{det:20s} " + " ".join(f"{published[p]:18.1f}" for p in profiles))

@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("versions", help="list model versions in the store with their metrics")
-    add_settings_flags(p, STORE_FIELDS)
+    add_settings_flags(p, [*STORE_FIELDS, "log_level", "log_json"])
     p.set_defaults(func=cmd_versions)
     return parser
 

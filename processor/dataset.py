@@ -10,6 +10,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from schemas.records import FLOAT32_MAX
+
 
 class DataError(Exception):
     """Input data cannot be used; the message says what and where."""
@@ -41,8 +43,11 @@ def read_csv(path: Path, key: str | None = None, label_column: str = "label") ->
         frame = pd.read_csv(path)
     except FileNotFoundError as exc:
         raise DataError(f"{path}: no such file") from exc
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV ({exc})") from exc
+    except IsADirectoryError as exc:
+        raise DataError(f"{path}: is a directory, not a CSV file") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
+            OSError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({' '.join(str(exc).split())})") from exc
     missing = {"timestamp", "value"} - set(frame.columns)
     if missing:
         raise DataError(
@@ -51,18 +56,23 @@ def read_csv(path: Path, key: str | None = None, label_column: str = "label") ->
         )
     if frame.empty:
         raise DataError(f"{path}: no rows")
-    ts = pd.to_datetime(frame["timestamp"], utc=True, errors="coerce", format="mixed")
+    if pd.api.types.is_numeric_dtype(frame["timestamp"]):
+        # Numbers are epoch milliseconds, as on the input topic.
+        ts = pd.to_datetime(frame["timestamp"], unit="ms", utc=True, errors="coerce")
+    else:
+        ts = pd.to_datetime(frame["timestamp"], utc=True, errors="coerce", format="mixed")
     bad_ts = ts.isna()
     if bad_ts.any():
         row = int(np.argmax(bad_ts.to_numpy())) + 2
         raise DataError(f"{path}:{row}: timestamp {frame['timestamp'].iloc[row - 2]!r} "
                         "does not parse")
     values = pd.to_numeric(frame["value"], errors="coerce")
-    bad_v = values.isna() | ~np.isfinite(values.to_numpy(dtype=np.float64, na_value=np.nan))
+    as_float = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad_v = ~np.isfinite(as_float) | (np.abs(as_float) > FLOAT32_MAX)
     if bad_v.any():
-        row = int(np.argmax(bad_v.to_numpy())) + 2
-        raise DataError(f"{path}:{row}: value {frame['value'].iloc[row - 2]!r} is not a "
-                        "finite number")
+        row = int(np.argmax(bad_v)) + 2
+        raise DataError(f"{path}:{row}: value {str(frame['value'].iloc[row - 2])!r} is not a "
+                        "finite number within the float32 range")
     ms = ts.dt.tz_localize(None).to_numpy().astype("datetime64[ms]").astype(np.int64)
     labels = None
     if label_column in frame.columns:
@@ -109,6 +119,10 @@ def read_windows(path: Path, csv_path: Path | None = None) -> Windows:
         raw = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise DataError(f"{path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise DataError(f"{path}: is a directory, not a labels file") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text, so not JSON") from exc
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from exc
     if isinstance(raw, dict):

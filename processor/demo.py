@@ -200,6 +200,10 @@ def _env_for(settings: Settings) -> dict[str, str]:
     }
 
 
+def _breakdown(counts: Counter[str]) -> str:
+    return f"  ({', '.join(f'{k} {v}' for k, v in counts.items())})" if counts else ""
+
+
 def summary(produced: int, scored: list[ScoredRecord], dead: list[DeadLetter], alerts: int,
             version: str, windows: list[tuple[int, int]], exit_code: int | None) -> None:
     statuses = Counter(r.status.value for r in scored)
@@ -208,9 +212,9 @@ def summary(produced: int, scored: list[ScoredRecord], dead: list[DeadLetter], a
     print()
     print("=== summary ===")
     print(f"records in:    {produced}")
-    print(f"scored:        {len(scored)}  ({', '.join(f'{k} {v}' for k, v in statuses.items())})")
+    print(f"scored:        {len(scored)}{_breakdown(statuses)}")
     print(f"alerts:        {alerts}  (in {len(groups)} incidents)")
-    print(f"dead letters:  {len(dead)}  ({', '.join(f'{k} {v}' for k, v in reasons.items())})")
+    print(f"dead letters:  {len(dead)}{_breakdown(reasons)}")
     print(f"model version: {version}")
     if windows:
         print(f"labelled failure windows in the streamed part flagged: "

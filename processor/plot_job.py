@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from processor.config import Settings
-from processor.dataset import read_windows
+from processor.dataset import DataError, read_windows
 from processor.model_store import ModelStoreError, read_metadata
 
 
@@ -19,6 +19,13 @@ def _scored_from_topic(settings: Settings) -> list[object]:
 
 
 def run_plot(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        return _plot(args, settings)
+    except ValueError as exc:  # the plot module reports unusable input this way
+        raise DataError(str(exc)) from exc
+
+
+def _plot(args: argparse.Namespace, settings: Settings) -> int:
     from processor.plot import frame_from_records, load_scored, render
 
     frame = (load_scored(args.input) if args.input is not None
@@ -41,6 +48,7 @@ def run_plot(args: argparse.Namespace, settings: Settings) -> int:
             gaussian, scale = (profile.error_mean, profile.error_var), profile.scale_std
         except ModelStoreError:
             pass  # the histogram is drawn without the fitted curve
-    out = render(frame, args.out, key=key, windows=windows, gaussian=gaussian, scale=scale)
+    out = render(frame, args.out if args.out.suffix else args.out.with_suffix(".png"), key=key,
+                 windows=windows, gaussian=gaussian, scale=scale)
     print(f"plot: {out}")
     return 0

@@ -168,8 +168,11 @@ def train(series: Sequence[Series], cfg: TrainConfig, source: str) -> TrainOutco
         idx = np.zeros(len(kw.targets), np.int64)
         kw.scaled_error = score_windows(kw.windows, kw.targets, idx, probe, predictor).scaled_error
 
-    gaussians = {kw.key: Gaussian.fit(kw.scaled_error[(kw.part == 0) & kw.clean])
-                 for kw in per_key}
+    try:
+        gaussians = {kw.key: Gaussian.fit(kw.scaled_error[(kw.part == 0) & kw.clean])
+                     for kw in per_key}
+    except ValueError as exc:
+        raise DataError(f"cannot fit the error Gaussian: {exc}") from exc
     pooled = Gaussian.fit(np.concatenate([kw.scaled_error[(kw.part == 0) & kw.clean]
                                           for kw in per_key]))
     lpd = {kw.key: log_pdf(kw.scaled_error, gaussians[kw.key].mean, gaussians[kw.key].var)

@@ -35,6 +35,8 @@ def first_rows(series: Series, rows: float | None) -> Series:
         return series
     if rows <= 0:
         raise DataError("--rows must be positive")
+    if rows > 1 and rows != int(rows):
+        raise DataError(f"--rows {rows}: a fraction below 1 or a whole number of rows")
     n = int(len(series) * rows) if rows < 1 else int(rows)
     return series.slice(0, n)
 
@@ -75,8 +77,13 @@ def store_and_announce(outcome: TrainOutcome, settings: Settings, announce: bool
         from processor.stream.model_topic import announce as publish
         from processor.stream.model_topic import announcement_for
 
-        ensure_topics(settings)
-        publish(settings, announcement_for(read_metadata(path), path))
+        try:
+            ensure_topics(settings)
+            publish(settings, announcement_for(read_metadata(path), path))
+        except Exception as exc:
+            raise DataError(f"version {outcome.metadata.version} was saved to {path} but not "
+                            f"announced on {settings.bootstrap_servers} ({exc}); announce it "
+                            "later, or use --no-announce") from exc
     return path
 
 

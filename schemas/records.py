@@ -29,6 +29,8 @@ MIN_TIMESTAMP_MS = 0
 MAX_TIMESTAMP_MS = 7_258_118_400_000
 
 KEY_MAX_LENGTH = 256
+#: Largest magnitude a value may have: windows hold float32.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _to_epoch_ms(raw: Any) -> int:
@@ -102,8 +104,9 @@ class InputRecord(_Wire):
 
     key: SeriesKey = Field(description="Series id; must equal the Kafka message key.")
     timestamp: EpochMillis = Field(description="When the value was observed.")
-    value: float = Field(allow_inf_nan=False, strict=True,
-                         description="The observation: a finite JSON number.")
+    value: float = Field(allow_inf_nan=False, strict=True, ge=-FLOAT32_MAX, le=FLOAT32_MAX,
+                         description="The observation: a finite JSON number within the "
+                         "float32 range (windows are stored as float32).")
 
 
 class Status(StrEnum):
@@ -201,7 +204,12 @@ class DeadLetter(_Wire):
     source_partition: int
     source_offset: int
     original_key_b64: str | None = Field(description="Kafka message key, base64; null if none.")
-    original_value_b64: str | None = Field(description="Kafka message value, base64.")
+    original_value_b64: str | None = Field(
+        description="Kafka message value, base64 (its first 256 KiB when larger).")
+    original_size: int | None = Field(default=None, description="Bytes of the original value.")
+    original_truncated: bool = Field(
+        default=False, description="True when original_value_b64 holds only the start; the "
+        "whole record stays in the source topic at source_partition/source_offset.")
     failed_at: UtcTime
 
 

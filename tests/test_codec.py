@@ -36,3 +36,31 @@ def test_bad_records_become_dead_letters_with_original_bytes(value, key, reason)
     assert (out.source_topic, out.source_partition, out.source_offset) == ("in", 2, 41)
     if value is not None:
         assert base64.b64decode(out.original_value_b64) == value
+
+
+def test_deeply_nested_json_is_a_dead_letter_not_a_crash():
+    out = decode(raw(b"[" * 100_000 + b"]" * 100_000), max_bytes=10**6)
+    assert isinstance(out, DeadLetter) and out.reason == DeadLetterReason.NOT_JSON
+
+
+def test_values_beyond_float32_are_refused():
+    out = decode(raw(b'{"key":"k1","timestamp":1,"value":1e308}'), 10_000)
+    assert isinstance(out, DeadLetter) and out.reason == DeadLetterReason.INVALID_FIELD
+    assert "value" in out.detail
+
+
+def test_huge_record_is_cut_in_the_dead_letter_but_located():
+    from processor.stream.codec import MAX_EMBEDDED_BYTES
+
+    big = b"x" * (MAX_EMBEDDED_BYTES * 5)
+    out = decode(raw(big), max_bytes=10**6)
+    assert isinstance(out, DeadLetter) and out.reason == DeadLetterReason.TOO_LARGE
+    assert out.original_truncated and out.original_size == len(big)
+    assert base64.b64decode(out.original_value_b64) == big[:MAX_EMBEDDED_BYTES]
+    assert (out.source_partition, out.source_offset) == (2, 41)
+
+
+def test_non_utf8_kafka_key_is_a_key_mismatch():
+    out = decode(raw(b'{"key":"k1","timestamp":1,"value":1}', key=b"\xff"), 10_000)
+    assert isinstance(out, DeadLetter) and out.reason == DeadLetterReason.KEY_MISMATCH
+    assert "UTF-8" in out.detail

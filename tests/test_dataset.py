@@ -59,3 +59,22 @@ def test_out_of_order_rows_are_dropped_like_the_stream_does():
     from processor.dataset import Series
     s, dropped = keep_in_order(Series("k", ts, np.arange(6.0)))
     assert dropped == 2 and s.values.tolist() == [0.0, 1.0, 3.0, 5.0]
+
+
+def test_numeric_timestamps_are_epoch_milliseconds(tmp_path):
+    s = read_csv(write(tmp_path, "timestamp,value\n1388534400000,1\n1388534700000,2\n"))
+    assert s.timestamps.tolist() == [1388534400000, 1388534700000]
+
+
+def test_directories_and_binary_labels_give_one_line_errors(tmp_path):
+    with pytest.raises(DataError, match="is a directory"):
+        read_csv(tmp_path)
+    bad = tmp_path / "w.json"
+    bad.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(DataError, match="not UTF-8"):
+        read_windows(bad, tmp_path / "s.csv")
+
+
+def test_values_beyond_float32_are_refused_in_files(tmp_path):
+    with pytest.raises(DataError, match=":3: value '1e308'"):
+        read_csv(write(tmp_path, "timestamp,value\n2014-01-01,1\n2014-01-02,1e308\n"))

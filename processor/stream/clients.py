@@ -68,11 +68,12 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
 
 
 def partition_count(admin: AdminClient, topic: str, timeout_s: float) -> int:
-    """Partitions of a topic, waiting out the moment after creation when metadata lags."""
+    """Partitions of a topic once each has a leader (metadata lags just after creation)."""
     deadline = time.monotonic() + timeout_s
     while True:
         meta = admin.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is not None and meta.error is None and meta.partitions:
+        if (meta is not None and meta.error is None and meta.partitions
+                and all(p.leader >= 0 for p in meta.partitions.values())):
             return len(meta.partitions)
         if time.monotonic() > deadline:
             raise KafkaException(f"topic {topic} has no partitions in the broker's metadata")
@@ -91,3 +92,4 @@ def _create_missing(admin: AdminClient, wanted: dict[str, NewTopic], timeout_s: 
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
+        partition_count(admin, name, timeout_s)  # usable only once every partition has a leader

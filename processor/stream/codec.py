@@ -28,15 +28,23 @@ class RawRecord:
     value: bytes | None
 
 
+#: Larger originals are cut in the dead letter (it must fit the broker's message limit);
+#: the whole record stays in the input topic at the partition and offset named.
+MAX_EMBEDDED_BYTES = 256 * 1024
+
+
 def _b64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode("ascii")
+    return None if data is None else base64.b64encode(data[:MAX_EMBEDDED_BYTES]).decode("ascii")
 
 
 def dead_letter(raw: RawRecord, reason: DeadLetterReason, detail: str) -> DeadLetter:
+    size = None if raw.value is None else len(raw.value)
     return DeadLetter(
         reason=reason, detail=detail[:1000], source_topic=raw.topic,
         source_partition=raw.partition, source_offset=raw.offset,
         original_key_b64=_b64(raw.key), original_value_b64=_b64(raw.value),
+        original_size=size,
+        original_truncated=size is not None and size > MAX_EMBEDDED_BYTES,
         failed_at=datetime.now(UTC),
     )
 
@@ -64,6 +72,8 @@ def decode(raw: RawRecord, max_bytes: int) -> Observation | DeadLetter:
         payload = json.loads(text)
     except json.JSONDecodeError as exc:
         return dead_letter(raw, DeadLetterReason.NOT_JSON, f"{exc.msg} at position {exc.pos}")
+    except RecursionError:
+        return dead_letter(raw, DeadLetterReason.NOT_JSON, "JSON nested too deeply")
     if not isinstance(payload, dict):
         return dead_letter(raw, DeadLetterReason.NOT_AN_OBJECT,
                            f"expected a JSON object, got {type(payload).__name__}")
@@ -76,7 +86,7 @@ def decode(raw: RawRecord, max_bytes: int) -> Observation | DeadLetter:
         try:
             kafka_key = raw.key.decode("utf-8")
         except UnicodeDecodeError:
-            kafka_key = None
+            return dead_letter(raw, DeadLetterReason.KEY_MISMATCH, "message key is not UTF-8")
     if kafka_key != record.key:
         return dead_letter(raw, DeadLetterReason.KEY_MISMATCH,
                            f"message key {kafka_key!r} differs from record key {record.key!r}; "

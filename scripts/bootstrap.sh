@@ -11,6 +11,7 @@ PY
 for tool in java mvn; do
   command -v "$tool" >/dev/null 2>&1 || echo "bootstrap: warning: '$tool' not found; the local Kafka broker needs Java 17+ and Maven" >&2
 done
+command -v go >/dev/null 2>&1 || [ -n "${KUSTOMIZE:-}" ] || echo "bootstrap: warning: 'go' not found; scripts/validate-deploy.sh builds kustomize with Go 1.24+" >&2
 stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ -f "$stamp" ]; then exit 0; fi
 echo "bootstrap: installing into .venv (first run takes a few minutes: TensorFlow CPU)" >&2

@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
-.venv/bin/ruff check processor schemas tests
-.venv/bin/mypy processor schemas
+.venv/bin/ruff check processor schemas tests scripts
+.venv/bin/mypy processor schemas scripts/validate_deploy.py
 .venv/bin/python -m pytest "$@"

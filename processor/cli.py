@@ -121,6 +121,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return run_evaluate(args)
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from processor.train_job import run_rollback
+
+    settings = settings_from_args(args)
+    _configure_logs(settings)
+    return run_rollback(args, settings)
+
+
 def cmd_versions(args: argparse.Namespace) -> int:
     from processor.model_store import list_versions, read_metadata
 
@@ -167,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since-hours", type=float,
                    help="topic: start this many hours before now (for scheduled retraining)")
     p.add_argument("--no-announce", action="store_true",
-                   help="write the version to the store but do not announce it on Kafka")
+                   help="write the version to the store but do not announce it on Kafka "
+                   "(and skip the comparison with the current version)")
+    p.add_argument("--force", action="store_true",
+                   help="publish even when worse than the current version on the same data")
     _add_model_flags(p, TrainConfig, skip=["name", "verbose"])
     add_settings_flags(p, KAFKA_FIELDS + TOPIC_FIELDS + STORE_FIELDS + ["partitions"])
     p.set_defaults(func=cmd_train)
@@ -251,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=Path("out/nab"))
     add_settings_flags(p, ["log_level", "log_json"])
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("rollback", help="announce an earlier version again")
+    p.add_argument("version", help="a version listed by `anomaly versions`")
+    add_settings_flags(p, KAFKA_FIELDS + TOPIC_FIELDS + STORE_FIELDS + ["partitions"])
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("versions", help="list model versions in the store with their metrics")
     add_settings_flags(p, [*STORE_FIELDS, "log_level", "log_json"])

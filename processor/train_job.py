@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
+from processor.champion import Verdict, judge
 from processor.config import Settings
 from processor.dataset import DataError, Series, read_csv, read_windows, with_windows
 from processor.model_store import ModelMetadata, save_version
@@ -115,6 +116,57 @@ def run_training(args: argparse.Namespace, settings: Settings) -> int:
         series = topic_series(settings, since, args.until)
         source = f"kafka:{settings.input_topic}"
     outcome = train(series, cfg, source)
+    if not args.no_announce:
+        verdict = challenge(outcome, settings, force=args.force)
+        print(f"champion/challenger: {verdict.reason}")
+        outcome.metadata.metrics.update(verdict.metrics())
+        if not verdict.publish:
+            print(f"not published: version {outcome.metadata.version} is worse than "
+                  f"{verdict.champion_version} on the same recent data (--force publishes)")
+            return 0
     path = store_and_announce(outcome, settings, announce=not args.no_announce)
     print_outcome(outcome.metadata, path)
+    return 0
+
+
+def current_version(settings: Settings) -> Path | None:
+    """The version processors run now: the newest announcement, else the newest stored."""
+    from processor.model_store import latest_version
+    from processor.stream.clients import ensure_topics
+    from processor.stream.model_topic import ModelWatcher
+
+    ensure_topics(settings)
+    watcher = ModelWatcher(settings)
+    try:
+        ann = watcher.catch_up()
+    finally:
+        watcher.close()
+    if ann is not None:
+        path = Path(ann.artifact_uri)
+        return path if path.exists() else settings.model_store / ann.name / ann.version
+    return latest_version(settings.model_store, settings.model_name)
+
+
+def challenge(outcome: TrainOutcome, settings: Settings, force: bool) -> Verdict:
+    """Compare the new version with the current one on the data it held out."""
+    from processor.detect import loaded_from_outcome
+    from processor.model_store import load_version
+
+    path = current_version(settings)
+    champion = load_version(path) if path is not None else None
+    challenger = loaded_from_outcome(outcome, Path("."))
+    return judge(challenger, champion, outcome.per_key, force=force)
+
+
+def run_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    """Announce an earlier stored version again: processors switch back to it."""
+    from processor.model_store import read_metadata
+    from processor.stream.clients import ensure_topics
+    from processor.stream.model_topic import announce, announcement_for
+
+    path = settings.model_store / settings.model_name / args.version
+    metadata = read_metadata(path)
+    ensure_topics(settings)
+    announce(settings, announcement_for(metadata, path))
+    print(f"announced {metadata.version} again on {settings.model_topic}")
     return 0

@@ -1,0 +1,63 @@
+"""Champion and challenger: is a freshly trained version at least as good as the live one?
+
+Both are judged on the same recent data the challenger held out (its validation and test
+parts, never trained on): the mean squared one-step prediction error, each key measured
+in that key's own scale (the challenger's scaler) so keys weigh alike whatever their units.
+Windows near labelled anomalies are left out when labels exist. Lower is better.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from processor.model_store import LoadedModel
+from processor.scoring import score_windows
+from processor.train import KeyWindows
+
+
+@dataclass(frozen=True)
+class Verdict:
+    champion_version: str | None
+    champion_mse: float | None
+    challenger_mse: float
+    publish: bool
+    reason: str
+
+    def metrics(self) -> dict[str, float | int | None]:
+        return {"champion_mse": self.champion_mse, "challenger_mse": self.challenger_mse}
+
+
+def held_out_mse(model: LoadedModel, per_key: Sequence[KeyWindows]) -> float:
+    """Mean squared scaled error of `model` on the held-out clean windows of every key."""
+    total, count = 0.0, 0
+    for kw in per_key:
+        mask = (kw.part > 0) & kw.clean
+        if not mask.any():
+            continue
+        idx = model.table.lookup([kw.key] * int(mask.sum()))
+        s = score_windows(kw.windows[mask], kw.targets[mask], idx, model.table, model.predictor)
+        scaled = s.error / kw.scale[1]
+        total += float(np.sum(scaled**2))
+        count += int(mask.sum())
+    if count == 0:
+        raise ValueError("no held-out windows to compare the versions on")
+    return total / count
+
+
+def judge(challenger: LoadedModel, champion: LoadedModel | None,
+          per_key: Sequence[KeyWindows], force: bool = False,
+          tolerance: float = 0.0) -> Verdict:
+    """Publish when there is no champion, when forced, or when not worse (within tolerance)."""
+    mse_new = held_out_mse(challenger, per_key)
+    if champion is None:
+        return Verdict(None, None, mse_new, True, "no current version")
+    mse_old = held_out_mse(champion, per_key)
+    better = mse_new <= mse_old * (1 + tolerance)
+    reason = (f"challenger {mse_new:.4g} vs champion {mse_old:.4g} "
+              f"({'not worse' if better else 'worse'})")
+    if force and not better:
+        reason += "; published anyway (--force)"
+    return Verdict(champion.version, mse_old, mse_new, better or force, reason)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from processor.dataset import Series, Windows
-from processor.engine import BatchResult, Engine, Observation
+from processor.engine import Engine, Observation, Rejected
 from processor.model_store import LoadedModel, ModelMetadata
 from processor.scoring import ProfileTable
 from processor.train import TrainConfig, TrainOutcome, train
@@ -49,9 +49,15 @@ def observations(series: Series) -> Iterator[Observation]:
         yield Observation(series.key, int(ts), float(v), 0, i)
 
 
-def score_series(engine: Engine, series: Series, batch_size: int = 1024) -> BatchResult:
+@dataclass(frozen=True)
+class SeriesResult:
+    scored: list[ScoredRecord]
+    rejected: list[Rejected]
+
+
+def score_series(engine: Engine, series: Series, batch_size: int = 1024) -> SeriesResult:
     scored: list[ScoredRecord] = []
-    rejected = []
+    rejected: list[Rejected] = []
     batch: list[Observation] = []
     for obs in observations(series):
         batch.append(obs)
@@ -64,7 +70,7 @@ def score_series(engine: Engine, series: Series, batch_size: int = 1024) -> Batc
         r = engine.process(batch)
         scored += r.scored
         rejected += r.rejected
-    return BatchResult(scored, rejected)
+    return SeriesResult(scored, rejected)
 
 
 def detect(series: Series, cfg: TrainConfig, source: str, model_dir: Path) -> Detection:

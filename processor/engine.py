@@ -6,16 +6,21 @@ batches. Both therefore window, predict and score through exactly the same code.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 
 import numpy as np
+import numpy.typing as npt
 
 from processor.model_store import LoadedModel
 from processor.scoring import score_windows
 from processor.windows import WindowStore
 from schemas.records import Alert, DeadLetterReason, ScoredRecord, Status, ms_to_datetime
+
+F64 = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -36,15 +41,110 @@ class Rejected:
     detail: str
 
 
+_STATUS = (Status.SCORED, Status.WINDOW_FILLING, Status.WINDOW_RESET)
+SCORED, FILLING, RESET = 0, 1, 2
+
+
 @dataclass(frozen=True)
+class ScoredColumns:
+    """One batch's scored records as parallel arrays, in arrival order.
+
+    The processor serialises these straight to JSON (`to_json`); `records()` builds the
+    pydantic models for code that wants objects. Unscored rows hold NaN predictions.
+    """
+
+    keys: list[str]
+    timestamp_ms: npt.NDArray[np.int64]
+    value: F64
+    status: npt.NDArray[np.int8]  # index into _STATUS
+    prediction: F64
+    error: F64
+    log_pd: F64
+    threshold: F64
+    band_low: F64
+    band_high: F64
+    anomaly: npt.NDArray[np.bool_]
+    default_profile: npt.NDArray[np.bool_]
+    partition: npt.NDArray[np.int64]
+    offset: npt.NDArray[np.int64]
+    version: str
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def record(self, i: int) -> ScoredRecord:
+        common = {"key": self.keys[i], "timestamp": ms_to_datetime(int(self.timestamp_ms[i])),
+                  "value": float(self.value[i]), "status": _STATUS[self.status[i]],
+                  "model_version": self.version,
+                  "source_partition": int(self.partition[i]),
+                  "source_offset": int(self.offset[i])}
+        if self.status[i] != SCORED:
+            return ScoredRecord(**common)
+        return ScoredRecord(
+            **common, prediction=float(self.prediction[i]), error=float(self.error[i]),
+            log_pd=float(self.log_pd[i]), threshold=float(self.threshold[i]),
+            anomaly=bool(self.anomaly[i]), band_low=float(self.band_low[i]),
+            band_high=float(self.band_high[i]),
+            profile="default" if self.default_profile[i] else "key")
+
+    def records(self) -> list[ScoredRecord]:
+        return [self.record(i) for i in range(len(self))]
+
+    def to_json(self) -> list[bytes]:
+        """The records as `ScoredRecord` JSON, without building a model per record."""
+        stamps = np.datetime_as_string(self.timestamp_ms.astype("datetime64[ms]"), unit="ms")
+        version = json.dumps(self.version)
+        finite = np.isfinite(self.prediction) & np.isfinite(self.log_pd) & np.isfinite(
+            self.band_low) & np.isfinite(self.band_high)
+        cols = [c.tolist() for c in (self.value, self.prediction, self.error, self.log_pd,
+                                     self.threshold, self.band_low, self.band_high)]
+        value, pred, err, lpd, thr, low, high = cols
+        status, anomaly = self.status.tolist(), self.anomaly.tolist()
+        default, part, off = (self.default_profile.tolist(), self.partition.tolist(),
+                              self.offset.tolist())
+        quoted: dict[str, str] = {}
+        out: list[bytes] = []
+        for i, key in enumerate(self.keys):
+            k = quoted.get(key)
+            if k is None:
+                k = quoted[key] = json.dumps(key)
+            head = f'{{"key":{k},"timestamp":"{stamps[i]}Z","value":{value[i]!r},'
+            tail = (f'"model_version":{version},"source_partition":{part[i]},'
+                    f'"source_offset":{off[i]}}}')
+            st = status[i]
+            if st != SCORED:
+                out.append((f'{head}"status":"{_STATUS[st].value}","prediction":null,'
+                            '"error":null,"log_pd":null,"threshold":null,"anomaly":false,'
+                            '"band_low":null,"band_high":null,"profile":null,'
+                            f'{tail}').encode())
+            elif not finite[i]:
+                out.append(self.record(i).model_dump_json().encode())
+            else:
+                out.append((
+                    f'{head}"status":"scored","prediction":{pred[i]!r},"error":{err[i]!r},'
+                    f'"log_pd":{lpd[i]!r},"threshold":{thr[i]!r},'
+                    f'"anomaly":{"true" if anomaly[i] else "false"},'
+                    f'"band_low":{low[i]!r},"band_high":{high[i]!r},'
+                    f'"profile":"{"default" if default[i] else "key"}",{tail}').encode())
+        return out
+
+
+@dataclass
 class BatchResult:
-    scored: list[ScoredRecord]
+    columns: ScoredColumns
     rejected: list[Rejected]
+
+    @cached_property
+    def scored(self) -> list[ScoredRecord]:
+        return self.columns.records()
+
+    def anomalies(self) -> list[ScoredRecord]:
+        return [self.columns.record(int(i)) for i in np.flatnonzero(self.columns.anomaly)]
 
     @property
     def alerts(self) -> list[Alert]:
         now = datetime.now(UTC)
-        return [to_alert(r, now) for r in self.scored if r.anomaly]
+        return [to_alert(r, now) for r in self.anomalies()]
 
 
 class Engine:
@@ -74,35 +174,30 @@ class Engine:
         wb = self.windows.advance(keys, [o.timestamp_ms for o in accepted], values,
                                   partitions=[o.partition for o in accepted],
                                   resets=resets, now=now)
-        version = self.model.version
-        out: list[ScoredRecord | None] = [None] * len(accepted)
-        if len(wb.record_index):
+        n = len(accepted)
+        status = np.where(np.asarray(resets, bool), RESET, FILLING).astype(np.int8)
+        nan = np.full(n, np.nan)
+        cols = {name: nan.copy() for name in ("prediction", "error", "log_pd", "threshold",
+                                              "band_low", "band_high")}
+        anomaly = np.zeros(n, bool)
+        default_profile = np.zeros(n, bool)
+        idx = wb.record_index
+        if len(idx):
             table = self.model.table
-            scored_keys = [keys[i] for i in wb.record_index]
-            profile = table.lookup(scored_keys)
-            s = score_windows(wb.windows, values[wb.record_index], profile, table,
-                              self.model.predictor)
-            for j, i in enumerate(wb.record_index.tolist()):
-                o = accepted[i]
-                out[i] = ScoredRecord(
-                    key=o.key, timestamp=ms_to_datetime(o.timestamp_ms), value=o.value,
-                    status=Status.SCORED, prediction=float(s.prediction[j]),
-                    error=float(s.error[j]), log_pd=float(s.log_pd[j]),
-                    threshold=float(s.threshold[j]), anomaly=bool(s.anomaly[j]),
-                    band_low=float(s.band_low[j]), band_high=float(s.band_high[j]),
-                    profile="default" if profile[j] == table.default_index else "key",
-                    model_version=version, source_partition=o.partition,
-                    source_offset=o.offset,
-                )
-        scored = [
-            r if r is not None else ScoredRecord(
-                key=o.key, timestamp=ms_to_datetime(o.timestamp_ms), value=o.value,
-                status=Status.WINDOW_RESET if reset else Status.WINDOW_FILLING,
-                model_version=version, source_partition=o.partition, source_offset=o.offset,
-            )
-            for r, o, reset in zip(out, accepted, resets, strict=True)
-        ]
-        return BatchResult(scored, rejected)
+            profile = table.lookup([keys[i] for i in idx])
+            s = score_windows(wb.windows, values[idx], profile, table, self.model.predictor)
+            status[idx] = SCORED
+            for name in cols:
+                cols[name][idx] = getattr(s, name)
+            anomaly[idx] = s.anomaly
+            default_profile[idx] = profile == table.default_index
+        columns = ScoredColumns(
+            keys=keys, timestamp_ms=np.array([o.timestamp_ms for o in accepted], np.int64),
+            value=values, status=status, anomaly=anomaly, default_profile=default_profile,
+            partition=np.array([o.partition for o in accepted], np.int64),
+            offset=np.array([o.offset for o in accepted], np.int64),
+            version=self.model.version, **cols)
+        return BatchResult(columns, rejected)
 
     def _in_order(
         self, batch: Sequence[Observation]

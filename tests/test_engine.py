@@ -113,3 +113,26 @@ def test_long_gap_resets_the_window():
     plain = Engine(m, gap_reset_intervals=0).process(
         [obs("a", t, 10.0) for t in [0, 1, 2, 3, 100]])
     assert plain.scored[-1].status == Status.SCORED
+
+
+def test_fast_json_equals_the_pydantic_serialisation():
+    import json
+
+    from schemas.records import ScoredRecord
+
+    m = model()
+    profile = m.metadata.profiles["a"].model_copy(update={"interval_ms": 1.0})
+    m.table = ProfileTable({"a": profile}, m.metadata.default_profile)
+    engine = Engine(m, gap_reset_intervals=10)
+    rng = np.random.default_rng(1)
+    batch = [obs(k, t, float(v)) for t, (k, v) in enumerate(
+        zip(rng.choice(["a", 'we"ird\\key', "ünï"], 60), rng.normal(10, 3, 60)))]
+    batch.append(obs("a", 500, 1e30))  # after a gap: a window reset
+    out = engine.process(batch)
+    fast = out.columns.to_json()
+    assert len(fast) == len(out.scored) == len(batch)
+    for line, rec in zip(fast, out.scored):
+        assert json.loads(line) == json.loads(rec.model_dump_json())
+        assert ScoredRecord.model_validate_json(line) == rec
+    assert {r.status for r in out.scored} == {Status.SCORED, Status.WINDOW_FILLING,
+                                              Status.WINDOW_RESET}

@@ -87,13 +87,17 @@ class FileErrors:
     var: npt.NDArray[np.float64]
 
 
-def file_errors(cf: CorpusFile, cfg: EvalConfig) -> FileErrors:
-    """Stream one series through the engine, learning only from rows already seen."""
+def file_errors(cf: CorpusFile, cfg: EvalConfig, first_model: Any = None) -> FileErrors:
+    """Stream one series through the engine, learning only from rows already seen.
+
+    `first_model` replaces the model trained on the probationary period (to compare with
+    another path using the very same weights).
+    """
     n = len(cf.values)
     ts = (cf.timestamps.astype("datetime64[ms]").astype(np.int64))
     series = Series("s", ts, cf.values.astype(np.float64))
     probation = probation_length(n)
-    engine = Engine(_train(series.slice(0, probation), cfg))
+    engine = Engine(first_model or _train(series.slice(0, probation), cfg))
     errors = np.full(n, np.nan)
     mean = np.zeros(n)
     var = np.ones(n)

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from processor.bench import machine
 from processor.dataset import Series
 from processor.detect import loaded_from_outcome
 from processor.engine import Engine, Observation
@@ -180,7 +181,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "files": len(names), "windows": sum(len(corpus[n].windows) for n in names),
         "model": cfg.__dict__, "postprocess": pp.__dict__,
         **{k: v for k, v in result.items() if k != "per_row"},
-        "seconds": round(time.monotonic() - started, 1)}
+        "seconds": round(time.monotonic() - started, 1), "machine": machine()}
     if args.sweep:
         summary["sweep"] = sweep(names, corpus, errors, nab_dir)
     if set(names) == set(data_files(nab_dir)):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from scipy.special import ndtr
+from scipy.special import log_ndtr
 
 F64 = npt.NDArray[np.float64]
 
@@ -34,8 +34,15 @@ class PostProcess:
 
 
 def tail_score(z: F64) -> F64:
-    """1 - two-sided Gaussian tail probability of |z|: 0 typical, towards 1 impossible."""
-    return np.asarray(1.0 - 2.0 * ndtr(-np.abs(z)))
+    """u / (1 + u) with u = -log10 of the two-sided Gaussian tail probability of |z|.
+
+    Monotone in |z| (so in log-PD), 0.5 at p = 0.1, and, computed in log space, it keeps
+    ordering extreme errors: `1 - p` rounds to exactly 1.0 beyond |z| = 8.3, and NAB's
+    threshold sweep cannot separate a thousand ties at 1.0.
+    """
+    log_p = np.log(2.0) + log_ndtr(-np.abs(z))
+    u = np.maximum(-log_p / np.log(10.0), 0.0)
+    return np.asarray(u / (1.0 + u))
 
 
 def standardised(errors: F64, mean: F64, var: F64, horizon: int) -> F64:

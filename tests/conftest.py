@@ -15,6 +15,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -198,3 +199,65 @@ def topic_factory(kafka_bootstrap: str) -> Iterator[TopicFactory]:
             # Cleanup only: a leftover topic on a shared cluster is harmless.
             with contextlib.suppress(Exception):
                 future.result(timeout=15)
+
+
+# -- fault-injection report ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FaultCounts:
+    """What one fault-injection run did to the stream, for the end-of-session table."""
+
+    test: str
+    inputs: int
+    scored: int
+    dead_lettered: int
+    duplicates: int
+    lost: int
+    restarts: int
+    score_mismatches: int
+
+
+FAULT_REPORT = pytest.StashKey[list[FaultCounts]]()
+_FAULT_COLUMNS = ("inputs", "scored", "dead_lettered", "duplicates", "lost", "restarts",
+                  "score_mismatches")
+
+
+class FaultReport:
+    """Collects the counts of the running test into the session's report; `label` names the
+    row (the test's name by default)."""
+
+    def __init__(self, rows: list[FaultCounts], test: str) -> None:
+        self._rows = rows
+        self._test = test
+
+    def add(self, *, inputs: int, scored: int, dead_lettered: int, duplicates: int, lost: int,
+            restarts: int, score_mismatches: int, label: str | None = None) -> None:
+        self._rows.append(FaultCounts(label or self._test, inputs, scored, dead_lettered,
+                                      duplicates, lost, restarts, score_mismatches))
+
+
+@pytest.fixture
+def fault_report(request: pytest.FixtureRequest) -> FaultReport:
+    """Recorded before a test asserts, so a failing run still shows what it saw."""
+    rows = request.config.stash.setdefault(FAULT_REPORT, [])
+    return FaultReport(rows, request.node.name)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
+                            config: pytest.Config) -> None:
+    rows = config.stash.get(FAULT_REPORT, [])
+    if not rows:
+        return
+    headers = ("test", *(c.replace("_", " ") for c in _FAULT_COLUMNS))
+    table = [(r.test, *(str(getattr(r, c)) for c in _FAULT_COLUMNS)) for r in rows]
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    terminalreporter.section("fault-injection report")
+    terminalreporter.write_line(line(headers))
+    terminalreporter.write_line(line(tuple("-" * w for w in widths)))
+    for row in table:
+        terminalreporter.write_line(line(row))

@@ -25,7 +25,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from processor.config import Settings
-from processor.engine import Engine, to_alert
+from processor.engine import SCORED, Engine, to_alert
 from processor.model_store import LoadedModel, ModelStoreError, latest_version, load_version
 from processor.stream.changelog import decode_state, encode_state, restore
 from processor.stream.clients import consumer_config, ensure_topics, producer_config
@@ -160,9 +160,14 @@ class Processor:
     def _producer_config(self) -> dict[str, Any]:
         s = self.settings
         if self._eos:
-            return producer_config(s, **{
+            # When every broker is unreachable librdkafka (2.x) re-bootstraps and
+            # decommissions the broker it cached as group coordinator; a pending
+            # send_offsets_to_transaction then waits on that dead handle forever, past its
+            # timeout (librdkafka issues 5456, 5511), so a broker restart hung the processor.
+            # Without re-bootstrap it reconnects to the brokers it knows. kafka_config wins.
+            return {"metadata.recovery.strategy": "none", **producer_config(s, **{
                 "transactional.id": f"{s.group_id}-{s.instance_id}",
-                "transaction.timeout.ms": s.transaction_timeout_ms})
+                "transaction.timeout.ms": s.transaction_timeout_ms})}
         return producer_config(s)
 
     def _consumer_config(self) -> dict[str, Any]:
@@ -225,13 +230,21 @@ class Processor:
             records = [r for m in messages if (r := _raw(m)) is not None]
             if records:
                 started = time.monotonic()
-                self._handle(consumer, producer, records)
-                per_record = (time.monotonic() - started) / len(records)
-                self._seconds_per_record = (per_record if not self._seconds_per_record
-                                            else 0.7 * self._seconds_per_record + 0.3 * per_record)
+                windows = self._handle(consumer, producer, records)
+                if windows:
+                    self._learn_cost((time.monotonic() - started) / windows)
             if time.monotonic() - last_report > 10:
                 log.info("progress", **self._summary())
                 last_report = time.monotonic()
+
+    def _learn_cost(self, per_window: float) -> None:
+        """Price every record as a window through the model: a batch of records that are
+        still filling their windows costs next to nothing and must not size the next one.
+        A slowdown counts at once and a speed-up gradually, so one slow batch shrinks the
+        next instead of the third."""
+        old = self._seconds_per_record
+        self._seconds_per_record = (per_window if not old
+                                    else max(per_window, 0.7 * old + 0.3 * per_window))
 
     def _batch_limit(self) -> int:
         """Cap the batch so scoring it fits the time budget (slow models stay in the group)."""
@@ -241,7 +254,8 @@ class Processor:
         fits = int(s.batch_time_budget_s / self._seconds_per_record)
         return max(1, min(s.batch_max_records, fits))
 
-    def _handle(self, consumer: Consumer, producer: Producer, records: list[RawRecord]) -> None:
+    def _handle(self, consumer: Consumer, producer: Producer, records: list[RawRecord]) -> int:
+        """Process and commit one batch; return how many of its records the model scored."""
         outputs, tally = self._transform(records)
         if self._eos:
             committed = self._commit_transaction(consumer, producer, records, outputs)
@@ -254,6 +268,7 @@ class Processor:
             c.alerts += tally["alerts"]
             c.dead_letters += tally["dead_letters"]
             c.batches += 1
+        return tally["windows"]
 
     def _transform(self, records: list[RawRecord]) -> tuple[list[Output], dict[str, int]]:
         """Decode, score and turn a batch into the messages it must produce."""
@@ -296,7 +311,8 @@ class Processor:
             if state is not None:
                 outputs.append(Output(self._changelog, key.encode(), encode_state(state),
                                       state.partition))
-        tally = {"scored": len(result.scored), "alerts": alerts, "dead_letters": len(dead)}
+        tally = {"scored": len(result.scored), "alerts": alerts, "dead_letters": len(dead),
+                 "windows": int((result.columns.status == SCORED).sum())}
         return outputs, tally
 
     # -- committing -----------------------------------------------------------------

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(1_000_000, ge=64, description="Input records above this "
                                    "size are dead-lettered unread.")
     initial_key_capacity: int = Field(1024, ge=1)
+    http_port: int | None = Field(
+        8080, description="Port of /healthz, /readyz and /metrics (0: any free port; "
+        "negative: none).")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
         "exactly_once",
         description="exactly_once: outputs, window state and offsets commit in one Kafka "

@@ -43,6 +43,7 @@ class Rejected:
 
 _STATUS = (Status.SCORED, Status.WINDOW_FILLING, Status.WINDOW_RESET)
 SCORED, FILLING, RESET = 0, 1, 2
+STATUS_NAMES = [s.value for s in _STATUS]
 
 
 @dataclass(frozen=True)

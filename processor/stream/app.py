@@ -15,21 +15,24 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from processor.config import Settings
-from processor.engine import SCORED, Engine, to_alert
+from processor.engine import SCORED, STATUS_NAMES, Engine, to_alert
 from processor.model_store import LoadedModel, ModelStoreError, latest_version, load_version
 from processor.stream.changelog import decode_state, encode_state, restore
 from processor.stream.clients import consumer_config, ensure_topics, producer_config
 from processor.stream.codec import RawRecord, decode, encode, rejected_to_dead_letter
+from processor.stream.metrics import Health, HealthServer, Metrics
 from processor.stream.model_topic import ModelWatcher
 from processor.stream.spill import SpillStore
 from schemas.records import DeadLetter, ModelAnnouncement
@@ -81,6 +84,11 @@ class Processor:
         self._eos = settings.processing_guarantee == "exactly_once"
         self._changelog = settings.changelog_topic
         self._spill: SpillStore | None = None
+        self.metrics = Metrics()
+        self.health = Health(stall_after_s=max(120.0, settings.batch_time_budget_s * 10))
+        self.http_port: int | None = None
+        self._lag_labels: set[str] = set()
+        self._server: HealthServer | None = None
         self._consumer: Consumer | None = None
 
     # -- model versions -------------------------------------------------------------
@@ -102,7 +110,24 @@ class Processor:
         if ann is not None and model.metadata.checksum != ann.checksum:
             log.error("model_checksum_differs_from_announcement", version=ann.version)
             return None
-        return self._model_hook(model)
+        return self._timed(self._model_hook(model))
+
+    def _timed(self, model: LoadedModel) -> LoadedModel:
+        """Observe every forward pass in the inference-time histogram."""
+        inner, hist = model.predictor, self.metrics.inference_seconds
+
+        class Timed:
+            window = model.window
+
+            def __call__(self, windows: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return inner(windows)
+                finally:
+                    hist.observe(time.perf_counter() - started)
+
+        model.predictor = Timed()  # type: ignore[assignment]
+        return model
 
     def _activate(self, model: LoadedModel) -> None:
         if self._engine is None:
@@ -111,6 +136,8 @@ class Processor:
         else:
             self._engine.set_model(model)
         self.counters.model_version = model.version
+        self.metrics.set_model(model.version)
+        self.health.model_loaded = True
         log.info("model_active", version=model.version, window=model.window,
                  keys=len(model.metadata.profiles), threshold=model.metadata.threshold)
 
@@ -130,9 +157,32 @@ class Processor:
     # -- life cycle -----------------------------------------------------------------
     def run(self) -> Counters:
         s = self.settings
-        ensure_topics(s)
         log.info("processor_starting", guarantee=s.processing_guarantee,
                  instance_id=s.instance_id, settings=s.secrets_redacted())
+        self._start_http()
+        try:
+            return self._run()
+        finally:
+            if self._server is not None:
+                self._server.stop()
+
+    def _start_http(self) -> None:
+        port = self.settings.http_port
+        if port is None or port < 0:
+            return
+        try:
+            self._server = HealthServer(port, self.metrics, self.health)
+        except OSError as exc:
+            log.error("http_endpoint_unavailable", port=port, error=str(exc))
+            return
+        self._server.start()
+        self.http_port = self._server.port
+        log.info("http_listening", port=self.http_port,
+                 paths=["/healthz", "/readyz", "/metrics"])
+
+    def _run(self) -> Counters:
+        s = self.settings
+        ensure_topics(s)
         watcher = ModelWatcher(s)
         try:
             if not self._wait_for_model(watcher):
@@ -185,6 +235,7 @@ class Processor:
         log.info("partitions_assigned", partitions=sorted(new))
         self._restore(new)
         self.assigned |= new
+        self.health.assigned = bool(self.assigned)
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Every batch's transaction is committed before the next poll, so nothing is open.
@@ -202,13 +253,21 @@ class Processor:
         dropped = self._engine.windows.drop_partitions(partitions)
         self._spill.drop_partitions(partitions)
         self.assigned -= partitions
+        self.health.assigned = bool(self.assigned)
+        for label in {str(p) for p in partitions} & self._lag_labels:
+            self.metrics.consumer_lag.remove(label)
+            self._lag_labels.discard(label)
         log.info("state_dropped", partitions=sorted(partitions), keys=dropped)
 
     def _restore(self, partitions: set[int]) -> None:
         assert self._engine is not None and self._spill is not None
         self._engine.windows.drop_partitions(partitions)
         self._spill.drop_partitions(partitions)
-        stats = restore(self.settings, partitions, self._engine.windows, time.monotonic())
+        self.health.restored = False
+        stats = restore(self.settings, partitions, self._engine.windows, time.monotonic(),
+                        on_progress=self.health.beat)
+        self.metrics.restore_seconds.observe(stats.seconds)
+        self.health.restored = True
         self.counters.restores += 1
         self.counters.restored_keys += stats.keys
 
@@ -216,7 +275,12 @@ class Processor:
     def _loop(self, consumer: Consumer, producer: Producer, watcher: ModelWatcher) -> None:
         s = self.settings
         last_report = last_evict = time.monotonic()
+        last_lag = 0.0
         while not self.stop.is_set():
+            self.health.beat()
+            if time.monotonic() - last_lag > 5:
+                self._update_lag(consumer)
+                last_lag = time.monotonic()
             ann = watcher.poll()
             if ann is not None and ann.version != self.counters.model_version:
                 model = self._load(ann)
@@ -231,11 +295,39 @@ class Processor:
             if records:
                 started = time.monotonic()
                 windows = self._handle(consumer, producer, records)
+                self._observe_batch(records, time.monotonic() - started)
                 if windows:
                     self._learn_cost((time.monotonic() - started) / windows)
             if time.monotonic() - last_report > 10:
                 log.info("progress", **self._summary())
                 last_report = time.monotonic()
+
+    def _observe_batch(self, records: list[RawRecord], seconds: float) -> None:
+        m = self.metrics
+        m.batch_size.observe(len(records))
+        m.batch_seconds.observe(seconds)
+        for part, n in Tally(r.partition for r in records).items():
+            m.records_in.labels(partition=str(part)).inc(n)
+        oldest = min((r.timestamp_ms for r in records if r.timestamp_ms > 0), default=0)
+        if oldest:
+            m.delay_seconds.observe(max(time.time() - oldest / 1000, 0.0))
+        if self._engine is not None:
+            m.state_keys.set(len(self._engine.windows))
+
+    def _update_lag(self, consumer: Consumer) -> None:
+        """Records behind each assigned partition's end (cached watermarks, no round trip)."""
+        if not self.assigned:
+            return
+        try:
+            parts = [TopicPartition(self.settings.input_topic, p) for p in sorted(self.assigned)]
+            for tp in consumer.position(parts):
+                _low, high = consumer.get_watermark_offsets(tp, cached=True)
+                if tp.offset >= 0 and high >= 0:
+                    self.metrics.consumer_lag.labels(partition=str(tp.partition)).set(
+                        max(high - tp.offset, 0))
+                    self._lag_labels.add(str(tp.partition))
+        except KafkaException as exc:
+            log.debug("lag_unavailable", error=str(exc))
 
     def _learn_cost(self, per_window: float) -> None:
         """Price every record as a window through the model: a batch of records that are
@@ -287,12 +379,12 @@ class Processor:
         dead.extend(rejected_to_dead_letter(rej, by_position[(rej.observation.partition,
                                                               rej.observation.offset)])
                     for rej in result.rejected)
-        outputs = [Output(s.scored_topic, r.key.encode(), encode(r)) for r in result.scored]
+        cols = result.columns
+        outputs = [Output(s.scored_topic, key.encode(), line)
+                   for key, line in zip(cols.keys, cols.to_json(), strict=True)]
         now = datetime.now(UTC)
         alerts = 0
-        for r in result.scored:
-            if not r.anomaly:
-                continue
+        for r in result.anomalies():
             alert = to_alert(r, now)
             alerts += 1
             outputs.append(Output(s.alert_topic, alert.key.encode(), encode(alert)))
@@ -311,7 +403,14 @@ class Processor:
             if state is not None:
                 outputs.append(Output(self._changelog, key.encode(), encode_state(state),
                                       state.partition))
-        tally = {"scored": len(result.scored), "alerts": alerts, "dead_letters": len(dead),
+        m = self.metrics
+        statuses, counts = np.unique(cols.status, return_counts=True)
+        for st, n in zip(statuses.tolist(), counts.tolist(), strict=True):
+            m.records_scored.labels(status=STATUS_NAMES[st]).inc(n)
+        m.alerts.inc(alerts)
+        for d in dead:
+            m.dead_letters.labels(reason=d.reason.value).inc()
+        tally = {"scored": len(cols), "alerts": alerts, "dead_letters": len(dead),
                  "windows": int((result.columns.status == SCORED).sum())}
         return outputs, tally
 
@@ -334,6 +433,7 @@ class Processor:
             log.warning("transaction_aborted", error=str(err))
             self._retrying(lambda: producer.abort_transaction(30))
             self.counters.aborted_batches += 1
+            self.metrics.aborted.inc()
             self._rewind(consumer)
             return False
 
@@ -438,4 +538,4 @@ def _raw(msg: Message) -> RawRecord | None:
             log.warning("consumer_error", error=str(err))
         return None
     return RawRecord(msg.topic() or "", msg.partition() or 0, msg.offset() or 0,
-                     msg.key(), msg.value())
+                     msg.key(), msg.value(), msg.timestamp()[1])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,7 +56,7 @@ class RestoreStats:
 
 
 def restore(settings: Settings, partitions: Iterable[int], store: WindowStore,
-            now: float = 0.0) -> RestoreStats:
+            now: float = 0.0, on_progress: Callable[[], None] | None = None) -> RestoreStats:
     """Read the changelog partitions from the start to their current end into `store`.
 
     Bounded by `settings.restore_timeout_s`; progress is logged every few seconds.
@@ -105,6 +105,8 @@ def restore(settings: Settings, partitions: Iterable[int], store: WindowStore,
                     store.remove(key)
                 else:
                     store.put(key, decode_state(value), now)
+            if on_progress is not None:
+                on_progress()  # a long restore is progress, not a stalled loop
             if time.monotonic() - last_log > 5:
                 log.info("restore_progress", topic=topic, records=records,
                          remaining_partitions=sorted(pending))

@@ -26,6 +26,7 @@ class RawRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp_ms: int = 0  # the Kafka record timestamp, when known
 
 
 #: Larger originals are cut in the dead letter (it must fit the broker's message limit);

@@ -136,10 +136,24 @@ class Processor:
         else:
             self._engine.set_model(model)
         self.counters.model_version = model.version
+        self._calibrate(model)
         self.metrics.set_model(model.version)
         self.health.model_loaded = True
         log.info("model_active", version=model.version, window=model.window,
                  keys=len(model.metadata.profiles), threshold=model.metadata.threshold)
+
+    def _calibrate(self, model: LoadedModel) -> None:
+        """Time one forward pass, so the first batches are sized for this model.
+
+        Without it the first batches are capped blindly, and while windows fill (no
+        forward pass to learn from) the cap would stay, throttling the whole stream.
+        """
+        n = max(1, min(256, self.settings.batch_max_records))
+        probe = np.zeros((n, model.window), np.float32)
+        model.predictor(probe)  # the first call may trace the graph
+        started = time.perf_counter()
+        model.predictor(probe)
+        self._learn_cost((time.perf_counter() - started) / n)
 
     def _wait_for_model(self, watcher: ModelWatcher) -> bool:
         ann = watcher.catch_up()

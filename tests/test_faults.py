@@ -408,7 +408,9 @@ def test_slow_model_without_a_time_budget_is_kicked_out_yet_exact(
     consumer; its transactions abort, so nothing is emitted twice. A processor with the
     budget then takes over the group and finishes the stream."""
     s = _slow_settings(deploy, budget_s=1000)
-    rows = interleaved_rows(series, keys=40, per_key=75, first_key=TRAINED_KEY)
+    # 125 per key: after a first batch of filling windows (50 per key) comes a batch of
+    # 2,000 windows, 8 s of slow inference against a 6 s poll interval.
+    rows = interleaved_rows(series, keys=40, per_key=125, first_key=TRAINED_KEY)
     out = outputs_of(s)
     naive = OnThread(s)
     try:

@@ -184,9 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("run", help="run the stream processor until SIGTERM")
-    add_settings_flags(p, KAFKA_FIELDS + TOPIC_FIELDS + STORE_FIELDS + [
-        "group_id", "partitions", "batch_max_records", "batch_max_wait_s",
-        "max_message_bytes", "initial_key_capacity"])
+    add_settings_flags(p, list(Settings.model_fields))
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("detect", help="train on a CSV and score it offline (no broker)")
@@ -282,12 +280,13 @@ def _default_nab_dir() -> Path:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from confluent_kafka import KafkaException
+    from pydantic_settings import SettingsError
 
     from processor.dataset import DataError
     from processor.model_store import ModelStoreError
 
     return (UserError, DataError, ModelStoreError, KafkaException, ValidationError,
-            FileNotFoundError, PermissionError)
+            SettingsError, FileNotFoundError, PermissionError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,10 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: librdkafka settings whose names contain these may hold credentials: never logged.
+SECRET_HINTS = ("password", "secret", "key", "token", "oauthbearer", "jaas", "credential",
+                "sasl.username")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ANOMALY_", extra="ignore")
@@ -100,8 +104,7 @@ class Settings(BaseSettings):
         """The settings as a dict safe to log: credential-looking values masked."""
         out = self.model_dump(mode="json")
         out["kafka_config"] = {
-            k: ("***" if any(s in k.lower() for s in ("password", "secret", "key", "token"))
-                else v)
+            k: ("***" if any(s in k.lower() for s in SECRET_HINTS) else v)
             for k, v in self.kafka_config.items()
         }
         return out

@@ -162,6 +162,7 @@ class Processor:
             if model is not None:
                 self._activate(model)
                 return True
+            self.health.beat()  # waiting for a first model is not a stalled loop
             log.info("waiting_for_model", store=str(self.settings.model_store),
                      topic=self.settings.model_topic)
             self.stop.wait(2.0)
@@ -200,6 +201,7 @@ class Processor:
         watcher = ModelWatcher(s)
         try:
             if not self._wait_for_model(watcher):
+                log.info("processor_stopped", **self._summary())
                 return self.counters
             self._spill = SpillStore(s.state_dir / f"{s.group_id}-{s.instance_id}.sqlite")
             producer = Producer(self._producer_config())
@@ -329,16 +331,30 @@ class Processor:
             m.state_keys.set(len(self._engine.windows))
 
     def _update_lag(self, consumer: Consumer) -> None:
-        """Records behind each assigned partition's end (cached watermarks, no round trip)."""
+        """Records behind each assigned partition's end, fetched or not yet fetched.
+
+        Watermarks come from the fetcher's cache; a partition not fetched yet costs one
+        round trip (and its position is its committed offset, or the earliest).
+        """
         if not self.assigned:
             return
         try:
             parts = [TopicPartition(self.settings.input_topic, p) for p in sorted(self.assigned)]
-            for tp in consumer.position(parts):
-                _low, high = consumer.get_watermark_offsets(tp, cached=True)
-                if tp.offset >= 0 and high >= 0:
+            positions = consumer.position(parts)
+            unknown = [tp for tp in positions if tp.offset < 0]
+            if unknown:  # not fetched yet: the committed offset is where it will start
+                known = {tp.partition: tp for tp in positions if tp.offset >= 0}
+                for tp in consumer.committed(unknown, timeout=5):
+                    known[tp.partition] = tp
+                positions = list(known.values())
+            for tp in positions:
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0 or tp.offset < 0:
+                    low, high = consumer.get_watermark_offsets(tp, cached=False, timeout=5)
+                start = tp.offset if tp.offset >= 0 else low  # nothing committed: earliest
+                if high >= 0:
                     self.metrics.consumer_lag.labels(partition=str(tp.partition)).set(
-                        max(high - tp.offset, 0))
+                        max(high - start, 0))
                     self._lag_labels.add(str(tp.partition))
         except KafkaException as exc:
             log.debug("lag_unavailable", error=str(exc))
@@ -402,7 +418,7 @@ class Processor:
             alert = to_alert(r, now)
             alerts += 1
             outputs.append(Output(s.alert_topic, alert.key.encode(), encode(alert)))
-            log.info("alert", key=alert.key, timestamp=alert.timestamp.isoformat(),
+            log.info("alert", key=alert.key, observed_at=alert.timestamp.isoformat(),
                      value=alert.value, expected=alert.expected, log_pd=alert.log_pd,
                      partition=r.source_partition, offset=r.source_offset)
         for d in dead:

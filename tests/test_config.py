@@ -1,0 +1,37 @@
+"""Settings: environment and flags, redaction of credentials, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+from processor.config import Settings
+
+
+def test_credentials_are_masked_whatever_librdkafka_calls_them():
+    s = Settings(kafka_config={"sasl.password": "p1", "ssl.key.password": "p2",
+                               "sasl.oauthbearer.config": "clientSecret=p3",
+                               "sasl.oauthbearer.client.secret": "p4",
+                               "ssl.keystore.password": "p5", "security.protocol": "SASL_SSL"})
+    text = json.dumps(s.secrets_redacted())
+    for secret in ("p1", "p2", "p3", "p4", "p5"):
+        assert secret not in text
+    assert "SASL_SSL" in text
+
+
+def test_flag_beats_environment(monkeypatch):
+    from processor.cli import build_parser
+    from processor.config import settings_from_args
+
+    monkeypatch.setenv("ANOMALY_HTTP_PORT", "9000")
+    args = build_parser().parse_args(["run", "--http-port", "9100", "--idle-evict-s", "60"])
+    s = settings_from_args(args)
+    assert (s.http_port, s.idle_evict_s) == (9100, 60.0)
+
+
+def test_malformed_kafka_config_is_one_line(tmp_path):
+    env = {"ANOMALY_KAFKA_CONFIG": "{not json", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "processor.cli", "versions",
+                          "--model-store", str(tmp_path)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and "kafka_config" in out.stderr

@@ -13,7 +13,6 @@ import os
 import platform
 import resource
 import shlex
-import signal
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from confluent_kafka import Consumer, Producer
 
 from processor.config import Settings
 from processor.stream.clients import base_config, ensure_topics, producer_config
+from processor.stream.launch import start_processor, stop_processor, with_run_topics
 
 log = structlog.get_logger(__name__)
 
@@ -143,17 +143,7 @@ def _produce(settings: Settings, rows: list[tuple[str, int, float]],
 
 def _processor(settings: Settings, log_path: Path, extra_env: dict[str, str]
                ) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-           "ANOMALY_INPUT_TOPIC": settings.input_topic,
-           "ANOMALY_SCORED_TOPIC": settings.scored_topic,
-           "ANOMALY_ALERT_TOPIC": settings.alert_topic,
-           "ANOMALY_DEAD_LETTER_TOPIC": settings.dead_letter_topic,
-           "ANOMALY_MODEL_TOPIC": settings.model_topic, "ANOMALY_GROUP_ID": settings.group_id,
-           "ANOMALY_MODEL_STORE": str(settings.model_store),
-           "ANOMALY_MODEL_NAME": settings.model_name, **extra_env}
-    with log_path.open("ab") as fh:
-        return subprocess.Popen([sys.executable, "-m", "processor.cli", "run"], env=env,
-                                stdout=fh, stderr=subprocess.STDOUT)
+    return start_processor(settings, log_path, {"ANOMALY_HTTP_PORT": "-1", **extra_env})
 
 
 def _scored_consumer(settings: Settings) -> Consumer:
@@ -242,12 +232,7 @@ def _wait_ready(log_path: Path, proc: subprocess.Popen[bytes]) -> None:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_processor(proc)
 
 
 def _rss_of(pid: int) -> float:
@@ -321,13 +306,9 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     extra = {"ANOMALY_BATCH_MAX_RECORDS": str(args.batch)}
 
     def fresh(tag: str) -> Settings:
-        s = settings.model_copy(update={
-            "input_topic": f"bench-{run_id}-{tag}.input",
-            "scored_topic": f"bench-{run_id}-{tag}.scored",
-            "alert_topic": f"bench-{run_id}-{tag}.alerts",
-            "dead_letter_topic": f"bench-{run_id}-{tag}.deadletter",
-            "model_topic": f"bench-{run_id}.models", "group_id": f"bench-{run_id}-{tag}",
-            "model_store": store, "model_name": "bench", "partitions": args.partitions})
+        s = with_run_topics(settings, f"bench-{run_id}-{tag}").model_copy(update={
+            "model_topic": f"bench-{run_id}.models", "model_store": store,
+            "model_name": "bench", "partitions": args.partitions})
         ensure_topics(s)
         return s
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -28,6 +26,7 @@ from processor.detect import incidents, windows_hit, write_scored_jsonl
 from processor.detect_job import INCIDENT_GAP_MS, plot_records
 from processor.model_store import read_metadata
 from processor.stream.clients import base_config, ensure_topics, producer_config
+from processor.stream.launch import start_processor, stop_processor, with_run_topics
 from processor.train import TrainConfig, train
 from processor.train_job import csv_series, first_rows, store_and_announce
 from schemas.records import DeadLetter, ScoredRecord, ms_to_datetime
@@ -130,12 +129,8 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         print("starting the local Kafka broker ...", flush=True)
         settings = settings.model_copy(update={"bootstrap_servers": start()})
     run_id = time.strftime("%Y%m%d%H%M%S")
-    settings = settings.model_copy(update={
-        "input_topic": f"demo-{run_id}.input", "scored_topic": f"demo-{run_id}.scored",
-        "alert_topic": f"demo-{run_id}.alerts", "dead_letter_topic": f"demo-{run_id}.deadletter",
-        "model_topic": f"demo-{run_id}.models", "group_id": f"demo-{run_id}",
-        "model_store": args.out_dir / "models", "model_name": "demo",
-    })
+    settings = with_run_topics(settings, f"demo-{run_id}").model_copy(update={
+        "model_store": args.out_dir / "models", "model_name": "demo"})
     ensure_topics(settings)
     series = csv_series(csv_path, labels_path, None)
     windows = read_windows(labels_path, csv_path) if labels_path else []
@@ -157,23 +152,15 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
           f"({metadata.threshold_method})", flush=True)
 
     log_path = args.out_dir / "processor.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **_env_for(settings)}
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "processor.cli", "run"], env=env,
-                                stdout=log_file, stderr=subprocess.STDOUT)
-        try:
-            print(f"processor started (pid {proc.pid}, log {log_path}); streaming "
-                  f"{len(rest)} records to {settings.input_topic} ...", flush=True)
-            produced = produce_series(settings, rest)
-            scored, dead, alerts = drain(settings, produced, proc)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    log_path.unlink(missing_ok=True)
+    proc = start_processor(settings, log_path)
+    try:
+        print(f"processor started (pid {proc.pid}, log {log_path}); streaming "
+              f"{len(rest)} records to {settings.input_topic} ...", flush=True)
+        produced = produce_series(settings, rest)
+        scored, dead, alerts = drain(settings, produced, proc)
+    finally:
+        stop_processor(proc)
     scored.sort(key=lambda r: r.timestamp)
     jsonl = write_scored_jsonl(scored, args.out_dir / "scored.jsonl")
     png = plot_records(scored, metadata, series.key, windows, args.out_dir / "demo.png")
@@ -183,21 +170,6 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(f"plot: {png}")
     print(f"total time: {time.monotonic() - started:.0f} s")
     return 0 if proc.returncode == 0 else 1
-
-
-def _env_for(settings: Settings) -> dict[str, str]:
-    return {
-        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "ANOMALY_KAFKA_CONFIG": json.dumps(settings.kafka_config),
-        "ANOMALY_INPUT_TOPIC": settings.input_topic,
-        "ANOMALY_SCORED_TOPIC": settings.scored_topic,
-        "ANOMALY_ALERT_TOPIC": settings.alert_topic,
-        "ANOMALY_DEAD_LETTER_TOPIC": settings.dead_letter_topic,
-        "ANOMALY_MODEL_TOPIC": settings.model_topic,
-        "ANOMALY_GROUP_ID": settings.group_id,
-        "ANOMALY_MODEL_STORE": str(settings.model_store),
-        "ANOMALY_MODEL_NAME": settings.model_name,
-    }
 
 
 def _breakdown(counts: Counter[str]) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import socket
 import tarfile
 import time
 import uuid
@@ -24,6 +23,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # typed there; admin re-exports it implicitly
 
 from processor import localbroker
+from tests.kafka_helpers import free_ports
 
 KAFKA_IMAGE = "apache/kafka:4.1.1"
 TOPIC_READY_TIMEOUT_S = 30.0
@@ -52,18 +52,6 @@ def _docker_available() -> bool:
             client.close()
     except Exception:
         return False
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports the OS just handed out; all held open together so they are distinct."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def _wait_until_answering(bootstrap: str, timeout: float) -> None:
@@ -153,7 +141,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     # Throwaway state per session, but the shared jar cache, so only the first run downloads.
     state: Path = tmp_path_factory.mktemp("kafka-broker")
-    port, controller_port = _free_ports(2)
+    port, controller_port = free_ports(2)
     bootstrap = localbroker.start(port, controller_port, fresh=True, state_dir=state)
     try:
         yield bootstrap

@@ -39,7 +39,7 @@ def loaded_from_outcome(outcome: TrainOutcome, path: Path) -> LoadedModel:
 
     md: ModelMetadata = outcome.metadata
     table = ProfileTable(md.profiles, md.default_profile)
-    return LoadedModel(md, table, Predictor(outcome.network, md.window), path)
+    return LoadedModel(md, table, Predictor(outcome.network, md.window, steps=md.steps), path)
 
 
 def observations(series: Series) -> Iterator[Observation]:

@@ -69,6 +69,9 @@ class ScoredColumns:
     partition: npt.NDArray[np.int64]
     offset: npt.NDArray[np.int64]
     version: str
+    #: Errors in scaled units, (n,) or (n, l) for l steps; NaN when unscored. Not on the
+    #: wire: for evaluation, which post-processes the whole error vector.
+    scaled_error: F64 | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -159,13 +162,15 @@ class Engine:
     def __init__(self, model: LoadedModel, initial_capacity: int = 1024,
                  gap_reset_intervals: float = 0.0) -> None:
         self.model = model
-        self.windows = WindowStore(model.window, initial_capacity)
+        # An l-step model scores x_t from the l windows ending at t-1 .. t-l: w + l - 1
+        # values, recomputed each time, so the window stays the only per-key state.
+        self.windows = WindowStore(model.history, initial_capacity)
         self.gap_reset_intervals = gap_reset_intervals
 
     def set_model(self, model: LoadedModel) -> None:
         """Switch versions between batches; windows carry over (resized if needed)."""
-        if model.window != self.windows.width:
-            self.windows = self.windows.resized(model.window)
+        if model.history != self.windows.width:
+            self.windows = self.windows.resized(model.history)
         self.model = model
 
     def process(self, batch: Sequence[Observation], now: float = 0.0) -> BatchResult:
@@ -182,6 +187,8 @@ class Engine:
                                               "band_low", "band_high")}
         anomaly = np.zeros(n, bool)
         default_profile = np.zeros(n, bool)
+        steps = self.model.table.steps
+        scaled_error = np.full(n if steps == 1 else (n, steps), np.nan)
         idx = wb.record_index
         if len(idx):
             table = self.model.table
@@ -192,12 +199,13 @@ class Engine:
                 cols[name][idx] = getattr(s, name)
             anomaly[idx] = s.anomaly
             default_profile[idx] = profile == table.default_index
+            scaled_error[idx] = s.scaled_error
         columns = ScoredColumns(
             keys=keys, timestamp_ms=np.array([o.timestamp_ms for o in accepted], np.int64),
             value=values, status=status, anomaly=anomaly, default_profile=default_profile,
             partition=np.array([o.partition for o in accepted], np.int64),
             offset=np.array([o.offset for o in accepted], np.int64),
-            version=self.model.version, **cols)
+            version=self.model.version, scaled_error=scaled_error, **cols)
         return BatchResult(columns, rejected)
 
     def _in_order(

@@ -49,6 +49,7 @@ class ModelMetadata(BaseModel):
     window: int
     units: int
     layers: int
+    steps: int = 1  # values predicted ahead (l); versions from before l > 1 existed are 1
     profiles: dict[str, Profile]
     default_profile: Profile
     threshold: float
@@ -133,6 +134,15 @@ class LoadedModel:
     def window(self) -> int:
         return self.metadata.window
 
+    @property
+    def steps(self) -> int:
+        return self.metadata.steps
+
+    @property
+    def history(self) -> int:
+        """Values a key needs before its next one can be scored: w + l - 1."""
+        return self.metadata.window + self.metadata.steps - 1
+
 
 def load_version(version_dir: Path) -> LoadedModel:
     """Load and verify a version (imports TensorFlow)."""
@@ -150,7 +160,11 @@ def load_version(version_dir: Path) -> LoadedModel:
         )
     network = load_network(str(network_path))
     table = ProfileTable(metadata.profiles, metadata.default_profile)
-    return LoadedModel(metadata, table, Predictor(network, metadata.window), version_dir)
+    if table.steps != metadata.steps:
+        raise ModelStoreError(f"{version_dir}: metadata says {metadata.steps} steps, its "
+                              f"profiles {table.steps}")
+    predictor = Predictor(network, metadata.window, steps=metadata.steps)
+    return LoadedModel(metadata, table, predictor, version_dir)
 
 
 def metadata_summary(metadata: ModelMetadata) -> dict[str, Any]:

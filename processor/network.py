@@ -1,4 +1,4 @@
-"""The LSTM that predicts the next value of a (scaled) series from the window before it.
+"""The LSTM that predicts the next value(s) of a (scaled) series from the window before it.
 
 TensorFlow is imported here and nowhere in the pure modules, so the stream's decoding,
 windowing and scoring stay importable (and testable) without it.
@@ -29,10 +29,11 @@ class NetworkSpec:
     units: int = 64
     layers: int = 1
     dropout: float = 0.0
+    steps: int = 1
 
 
 def build_network(spec: NetworkSpec) -> keras.Model:
-    """Stacked LSTM -> Dense(1): one-step-ahead regression on the scaled series."""
+    """Stacked LSTM -> Dense(steps): regression of the next `steps` scaled values."""
     model = keras.Sequential(name="lstm_predictor")
     model.add(keras.Input(shape=(spec.window, 1)))
     for i in range(spec.layers):
@@ -41,7 +42,7 @@ def build_network(spec: NetworkSpec) -> keras.Model:
         )
         if spec.dropout > 0:
             model.add(keras.layers.Dropout(spec.dropout))
-    model.add(keras.layers.Dense(1, name="next_value"))
+    model.add(keras.layers.Dense(spec.steps, name="next_value"))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     return model
 
@@ -65,7 +66,10 @@ def fit_network(
     verbose: int = 2,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> FitResult:
-    """Train with early stopping on validation loss, keeping the best weights."""
+    """Train with early stopping on validation loss, keeping the best weights.
+
+    Targets are (n,) for one step, (n, steps) for several.
+    """
     x_train, y_train = train
     x_val, y_val = val
     callbacks: list[keras.callbacks.Callback] = [
@@ -106,27 +110,33 @@ class Predictor:
     window. A `tf.function` with a fixed input signature traces once for every batch size.
     """
 
-    def __init__(self, model: keras.Model, window: int, max_batch: int = 8192) -> None:
+    def __init__(self, model: keras.Model, window: int, max_batch: int = 8192,
+                 steps: int = 1) -> None:
         self.model = model
         self.window = window
         self.max_batch = max_batch
+        self.steps = steps
+        shape = [-1] if steps == 1 else [-1, steps]
 
         @tf.function(  # type: ignore[untyped-decorator]
             input_signature=[tf.TensorSpec([None, window], tf.float32)]
         )
         def _forward(x: tf.Tensor) -> tf.Tensor:
-            return tf.reshape(model(tf.expand_dims(x, -1), training=False), [-1])
+            return tf.reshape(model(tf.expand_dims(x, -1), training=False), shape)
 
         self._forward = _forward
 
     def __call__(self, windows: FloatArray) -> FloatArray:
-        """Predict the next scaled value for each row of `windows` (n, window)."""
+        """Predict the next scaled value(s) of each row of `windows` (n, window).
+
+        Shape (n,) for a one-step network, (n, steps) otherwise.
+        """
         x = np.asarray(windows, np.float32)
         if x.ndim != 2 or x.shape[1] != self.window:
             raise ValueError(f"expected windows of shape (n, {self.window}), got {x.shape}")
         n = len(x)
         if n == 0:
-            return np.empty(0, np.float32)
+            return np.empty(0 if self.steps == 1 else (0, self.steps), np.float32)
         if n < MIN_ROWS:
             # A single row takes another kernel path whose rounding differs in the last
             # bit; padding keeps every record's prediction independent of its batch.

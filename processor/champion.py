@@ -31,14 +31,23 @@ class Verdict:
 
 
 def held_out_mse(model: LoadedModel, per_key: Sequence[KeyWindows]) -> float:
-    """Mean squared scaled error of `model` on the held-out clean windows of every key."""
+    """Mean squared scaled error of `model` on the held-out clean windows of every key.
+
+    The one-step error, whatever number of steps either version predicts, so versions
+    with and without l-step prediction compare on the same footing; each model reads the
+    newest values of the challenger's windows that it needs.
+    """
     total, count = 0.0, 0
     for kw in per_key:
         mask = (kw.part > 0) & kw.clean
         if not mask.any():
             continue
+        if kw.windows.shape[1] < model.history:
+            raise ValueError(f"version {model.version} needs {model.history} values before "
+                             f"each one, the held-out windows have {kw.windows.shape[1]}")
         idx = model.table.lookup([kw.key] * int(mask.sum()))
-        s = score_windows(kw.windows[mask], kw.targets[mask], idx, model.table, model.predictor)
+        windows = kw.windows[mask][:, kw.windows.shape[1] - model.history:]
+        s = score_windows(windows, kw.targets[mask], idx, model.table, model.predictor)
         scaled = s.error / kw.scale[1]
         total += float(np.sum(scaled**2))
         count += int(mask.sum())

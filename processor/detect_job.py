@@ -27,9 +27,11 @@ def plot_records(records: Sequence[ScoredRecord], metadata: ModelMetadata, key: 
     from processor.plot import frame_from_records, render
 
     profile = metadata.profiles.get(key, metadata.default_profile)
+    # An l-step threshold bounds the error vector, not the one-step error: the histogram
+    # then reads its threshold edges off the bands instead of a one-step Gaussian.
+    gaussian = (profile.error_mean, profile.error_var) if profile.steps == 1 else None
     return render(frame_from_records(records), out, key=key, windows=windows,
-                  gaussian=(profile.error_mean, profile.error_var), scale=profile.scale_std,
-                  title=title)
+                  gaussian=gaussian, scale=profile.scale_std, title=title)
 
 
 def print_incidents(records: Sequence[ScoredRecord], limit: int = 20) -> None:

@@ -45,7 +45,9 @@ def _plot(args: argparse.Namespace, settings: Settings) -> int:
         try:
             md = read_metadata(settings.model_store / settings.model_name / str(versions[-1]))
             profile = md.profiles.get(key, md.default_profile)
-            gaussian, scale = (profile.error_mean, profile.error_var), profile.scale_std
+            scale = profile.scale_std
+            if profile.steps == 1:  # an l-step threshold does not bound the one-step error
+                gaussian = (profile.error_mean, profile.error_var)
         except ModelStoreError:
             pass  # the histogram is drawn without the fitted curve
     out = render(frame, args.out if args.out.suffix else args.out.with_suffix(".png"), key=key,

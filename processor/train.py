@@ -5,6 +5,12 @@ LSTM learns from the normal part of every key's training windows (labelled anoma
 out), early-stopping on the normal validation windows. Each key's Gaussian is fitted by
 maximum likelihood to its training errors; the threshold is chosen on validation data
 (F-beta with labels, a low quantile without) and judged on the test part.
+
+With `steps` = l > 1 (Malhotra's full method) the network predicts the next l values of
+each window, every value gets an l-vector of errors, and each key's error model is a
+multivariate Gaussian. Each scored row keeps the w + l - 1 values before it: the window
+ending l steps earlier plus the l targets that window is trained on, so one row serves
+both training the network and scoring.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import structlog
 from pydantic import BaseModel, Field
 
 from processor.dataset import DataError, Series, keep_in_order
-from processor.gaussian import Gaussian, log_pdf
+from processor.gaussian import Gaussian, MultivariateGaussian
 from processor.model_store import DataRange, ModelMetadata, new_version
 from processor.scoring import Profile, ProfileTable, fit_scaler, score_windows
 from processor.threshold import (
@@ -44,6 +50,7 @@ class TrainConfig(BaseModel):
     window: int = Field(50, ge=2, le=1000)
     units: int = Field(64, ge=1)
     layers: int = Field(1, ge=1, le=4)
+    steps: int = Field(1, ge=1, description="values predicted ahead (Malhotra's l)")
     dropout: float = Field(0.0, ge=0, lt=1)
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -58,7 +65,10 @@ class TrainConfig(BaseModel):
 
 @dataclass
 class KeyWindows:
-    """One key's windows (raw values), targets, and per-target bookkeeping."""
+    """One key's windows (raw values), targets, and per-target bookkeeping.
+
+    A window holds the w + l - 1 values before its target (w for one step).
+    """
 
     key: str
     windows: npt.NDArray[np.float32]
@@ -70,6 +80,7 @@ class KeyWindows:
     interval_ms: float | None = None
     train_values: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
     scaled_error: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
+    steps: int = 1  # (n, steps) scaled errors when above 1
 
 
 @dataclass
@@ -92,18 +103,21 @@ def prepare(series: Series, cfg: TrainConfig) -> KeyWindows:
     if dropped:
         log.warning("rows_dropped_out_of_order", key=s.key, rows=dropped)
     n = len(s)
-    if n < 4 * cfg.window:
+    width = cfg.window + cfg.steps - 1
+    if n < 4 * width:
         raise DataError(f"series {s.key!r} has {n} usable rows; need at least "
-                        f"{4 * cfg.window} for window {cfg.window}")
+                        f"{4 * width} for window {cfg.window}"
+                        + (f" and {cfg.steps} steps" if cfg.steps > 1 else ""))
     t_end, v_end = split_points(n, cfg)
     labels = s.labels if s.labels is not None else np.zeros(n, bool)
-    x, y = sliding_windows(s.values, cfg.window)
-    target_row = np.arange(cfg.window, n)
+    x, y = sliding_windows(s.values, width)
+    target_row = np.arange(width, n)
     part = np.select([target_row < t_end, target_row < v_end], [0, 1], 2).astype(np.int8)
-    lab_windows = np.lib.stride_tricks.sliding_window_view(labels, cfg.window + 1)
+    lab_windows = np.lib.stride_tricks.sliding_window_view(labels, width + 1)
     clean = np.asarray(~lab_windows.any(axis=1), bool)
     train_values = s.values[:t_end][~labels[:t_end]]
-    kw = KeyWindows(s.key, x, y.astype(np.float64), part, labels[cfg.window:], clean)
+    kw = KeyWindows(s.key, x, y.astype(np.float64), part, labels[width:], clean,
+                    steps=cfg.steps)
     kw.scale = fit_scaler(train_values)
     kw.train_values = train_values
     kw.interval_ms = float(np.median(np.diff(s.timestamps)))
@@ -111,9 +125,35 @@ def prepare(series: Series, cfg: TrainConfig) -> KeyWindows:
 
 
 def _scaled(kw: KeyWindows, mask: npt.NDArray[np.bool_]) -> tuple[Any, Any]:
+    """Network inputs and targets; for l steps, the row's first w values and the next l."""
     mean, std = kw.scale
-    return ((kw.windows[mask] - mean) / std).astype(np.float32), \
-        ((kw.targets[mask] - mean) / std).astype(np.float32)
+    x = ((kw.windows[mask] - mean) / std).astype(np.float32)
+    y = ((kw.targets[mask] - mean) / std).astype(np.float32)
+    if kw.steps == 1:
+        return x, y
+    w = x.shape[1] - kw.steps + 1
+    return np.ascontiguousarray(x[:, :w]), np.concatenate([x[:, w:], y[:, None]], axis=1)
+
+
+def _probe(mean: float, std: float, steps: int) -> Profile:
+    """A profile that only scales: the errors are wanted before their Gaussian exists."""
+    if steps == 1:
+        return Profile(scale_mean=mean, scale_std=std, error_mean=0.0, error_var=1.0,
+                       threshold=-np.inf)
+    return Profile(scale_mean=mean, scale_std=std, error_mean=0.0, error_var=1.0,
+                   threshold=-np.inf, error_mean_vector=[0.0] * steps,
+                   error_cov=np.eye(steps).tolist())
+
+
+def _profile(scale: tuple[float, float], g: Gaussian | MultivariateGaussian, threshold: float,
+             interval_ms: float | None) -> Profile:
+    """The stored profile; an l-step one also says its one-step marginal."""
+    if isinstance(g, Gaussian):
+        return Profile(scale_mean=scale[0], scale_std=scale[1], error_mean=g.mean,
+                       error_var=g.var, threshold=threshold, interval_ms=interval_ms)
+    return Profile(scale_mean=scale[0], scale_std=scale[1], error_mean=float(g.mean[0]),
+                   error_var=float(g.cov[0, 0]), threshold=threshold, interval_ms=interval_ms,
+                   error_mean_vector=g.mean.tolist(), error_cov=g.cov.tolist())
 
 
 def _stack(per_key: Sequence[KeyWindows], part: int) -> tuple[Any, Any]:
@@ -147,8 +187,9 @@ def train(series: Sequence[Series], cfg: TrainConfig, source: str) -> TrainOutco
         raise DataError(f"too little normal data: {len(x_train)} training and {len(x_val)} "
                         "validation windows without labelled anomalies")
     log.info("training_started", keys=len(per_key), train_windows=len(x_train),
-             val_windows=len(x_val), window=cfg.window, units=cfg.units, layers=cfg.layers)
-    spec = nw.NetworkSpec(cfg.window, cfg.units, cfg.layers, cfg.dropout)
+             val_windows=len(x_val), window=cfg.window, units=cfg.units, layers=cfg.layers,
+             steps=cfg.steps)
+    spec = nw.NetworkSpec(cfg.window, cfg.units, cfg.layers, cfg.dropout, cfg.steps)
     network = nw.build_network(spec)
     fit = nw.fit_network(
         network, (x_train, y_train), (x_val, y_val), epochs=cfg.epochs,
@@ -156,27 +197,26 @@ def train(series: Sequence[Series], cfg: TrainConfig, source: str) -> TrainOutco
         on_epoch=lambda e, logs: log.info("epoch", epoch=e + 1, **{
             k: round(float(v), 6) for k, v in logs.items()}),
     )
-    predictor = nw.Predictor(network, cfg.window)
+    predictor = nw.Predictor(network, cfg.window, steps=cfg.steps)
 
     # Errors of every window under the trained network (Gaussian not yet known).
     for kw in per_key:
-        mean, std = kw.scale
-        probe = ProfileTable({kw.key: Profile(scale_mean=mean, scale_std=std, error_mean=0.0,
-                                              error_var=1.0, threshold=-np.inf)},
-                             Profile(scale_mean=mean, scale_std=std, error_mean=0.0,
-                                     error_var=1.0, threshold=-np.inf))
+        probe = _probe(*kw.scale, cfg.steps)
+        probe_table = ProfileTable({kw.key: probe}, probe)
         idx = np.zeros(len(kw.targets), np.int64)
-        kw.scaled_error = score_windows(kw.windows, kw.targets, idx, probe, predictor).scaled_error
+        kw.scaled_error = score_windows(kw.windows, kw.targets, idx, probe_table,
+                                        predictor).scaled_error
 
+    error_model: type[Gaussian] | type[MultivariateGaussian] = (
+        Gaussian if cfg.steps == 1 else MultivariateGaussian)
     try:
-        gaussians = {kw.key: Gaussian.fit(kw.scaled_error[(kw.part == 0) & kw.clean])
+        gaussians = {kw.key: error_model.fit(kw.scaled_error[(kw.part == 0) & kw.clean])
                      for kw in per_key}
     except ValueError as exc:
         raise DataError(f"cannot fit the error Gaussian: {exc}") from exc
-    pooled = Gaussian.fit(np.concatenate([kw.scaled_error[(kw.part == 0) & kw.clean]
-                                          for kw in per_key]))
-    lpd = {kw.key: log_pdf(kw.scaled_error, gaussians[kw.key].mean, gaussians[kw.key].var)
-           for kw in per_key}
+    pooled = error_model.fit(np.concatenate([kw.scaled_error[(kw.part == 0) & kw.clean]
+                                             for kw in per_key]))
+    lpd = {kw.key: gaussians[kw.key].log_pdf(kw.scaled_error) for kw in per_key}
 
     def pooled_part(part: int) -> tuple[Any, Any]:
         sel = [(lpd[kw.key][kw.part == part], kw.label[kw.part == part]) for kw in per_key]
@@ -198,20 +238,16 @@ def train(series: Sequence[Series], cfg: TrainConfig, source: str) -> TrainOutco
             metrics.update(choice.validation.as_dict("val_"))
 
     d_mean, d_std = fit_scaler(np.concatenate([kw.train_values for kw in per_key]))
-    profiles = {
-        kw.key: Profile(scale_mean=kw.scale[0], scale_std=kw.scale[1],
-                        error_mean=gaussians[kw.key].mean, error_var=gaussians[kw.key].var,
-                        threshold=choice.threshold, interval_ms=kw.interval_ms)
-        for kw in per_key
-    }
-    default = Profile(scale_mean=d_mean, scale_std=d_std, error_mean=pooled.mean,
-                      error_var=pooled.var, threshold=choice.threshold,
-                      interval_ms=float(np.median([kw.interval_ms for kw in per_key])))
+    profiles = {kw.key: _profile(kw.scale, gaussians[kw.key], choice.threshold, kw.interval_ms)
+                for kw in per_key}
+    default = _profile((d_mean, d_std), pooled, choice.threshold,
+                       float(np.median([kw.interval_ms for kw in per_key])))
     first = min(int(s.timestamps[0]) for s in series)
     last = max(int(s.timestamps[-1]) for s in series)
     metadata = ModelMetadata(
         name=cfg.name, version=new_version(), created_at=datetime.now(UTC),
-        window=cfg.window, units=cfg.units, layers=cfg.layers, profiles=profiles,
+        window=cfg.window, units=cfg.units, layers=cfg.layers, steps=cfg.steps,
+        profiles=profiles,
         default_profile=default, threshold=choice.threshold,
         threshold_method=choice.method, beta=cfg.beta if has_labels else None,
         metrics=metrics,

@@ -247,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=30)
     p.add_argument("--units", type=int, default=32)
     p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--steps", type=int, default=1,
+                   help="values predicted ahead (l); above 1 each row is scored by its l errors")
     p.add_argument("--retrain", choices=["doubling", "none"], default="doubling")
     p.add_argument("--horizon", type=int, default=0,
                    help="fit the error Gaussian on the last N errors (0: the trained one)")

@@ -6,6 +6,8 @@ model is retrained on all past rows whenever the data seen has doubled, as a sch
 retraining job would do. Each row's anomaly score in [0, 1] is `1 - p`, where p is the
 two-sided tail probability of its scaled error under the key's Gaussian: a monotone map of
 the log-PD that is comparable across series (NAB picks one threshold for the corpus).
+With `--steps` l > 1 each row has an l-vector of errors and the score comes from the
+equivalent |z| of its Mahalanobis distance (see `processor.postprocess`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ import structlog
 from processor.bench import machine
 from processor.dataset import Series
 from processor.detect import loaded_from_outcome
-from processor.engine import Engine, Observation
+from processor.engine import SCORED, Engine, Observation
 from processor.nab.corpus import (
     CorpusFile,
     data_files,
@@ -43,7 +45,7 @@ from processor.nab.scoring import (
     probation_length,
     score_corpus,
 )
-from processor.postprocess import PostProcess, scores
+from processor.postprocess import PostProcess, scores, vector_scores
 from processor.train import TrainConfig, train
 
 log = structlog.get_logger(__name__)
@@ -59,12 +61,13 @@ class EvalConfig:
     epochs: int = 30
     retrain: str = "doubling"  # or "none"
     seed: int = 0
+    steps: int = 1
 
 
 def _train(series: Series, cfg: EvalConfig) -> Any:
     tc = TrainConfig(name="nab", window=cfg.window, units=cfg.units, epochs=cfg.epochs,
                      batch_size=32, patience=5, train_frac=0.7, val_frac=0.25, seed=cfg.seed,
-                     verbose=0)
+                     steps=cfg.steps, verbose=0)
     outcome = train([series], tc, "nab")
     return loaded_from_outcome(outcome, Path("."))
 
@@ -79,13 +82,30 @@ def _retrain_points(n: int, probation: int, policy: str) -> list[int]:
     return points
 
 
+F64 = npt.NDArray[np.float64]
+
+
 @dataclass(frozen=True)
 class FileErrors:
-    """Per row: the scaled error (NaN when unscored) and the active Gaussian."""
+    """Per row: the scaled error (NaN when unscored) and the active Gaussian.
 
-    error: npt.NDArray[np.float64]
-    mean: npt.NDArray[np.float64]
-    var: npt.NDArray[np.float64]
+    `error`, `mean` and `var` are the one-step ones. An l-step model adds the error
+    vectors (n, l) and the active multivariate Gaussian, `vector_mean` (n, l) and
+    `cov` (n, l, l), which are what gets scored.
+    """
+
+    error: F64
+    mean: F64
+    var: F64
+    vectors: F64 | None = None
+    vector_mean: F64 | None = None
+    cov: F64 | None = None
+
+    def scores(self, pp: PostProcess) -> F64:
+        """Per-row NAB anomaly scores: from the error vectors when there are any."""
+        if self.vectors is None or self.vector_mean is None or self.cov is None:
+            return scores(self.error, self.mean, self.var, pp)
+        return vector_scores(self.vectors, self.vector_mean, self.cov, pp)
 
 
 def file_errors(cf: CorpusFile, cfg: EvalConfig, first_model: Any = None) -> FileErrors:
@@ -102,6 +122,10 @@ def file_errors(cf: CorpusFile, cfg: EvalConfig, first_model: Any = None) -> Fil
     errors = np.full(n, np.nan)
     mean = np.zeros(n)
     var = np.ones(n)
+    steps = engine.model.steps
+    vectors = np.full((n, steps), np.nan)
+    vector_mean = np.zeros((n, steps))
+    cov = np.broadcast_to(np.eye(steps), (n, steps, steps)).copy()
     boundaries = sorted({probation, *_retrain_points(n, probation, cfg.retrain), n})
     start = 0
     for stop in boundaries:
@@ -112,25 +136,42 @@ def file_errors(cf: CorpusFile, cfg: EvalConfig, first_model: Any = None) -> Fil
         profile = engine.model.metadata.profiles["s"]
         mean[start:stop] = profile.error_mean
         var[start:stop] = profile.error_var
+        if steps > 1:
+            vector_mean[start:stop] = profile.error_mean_vector
+            cov[start:stop] = profile.error_cov
         for lo in range(0, len(batch), 512):
-            scored = [r for r in engine.process(batch[lo : lo + 512]).scored
-                      if r.error is not None]
+            result = engine.process(batch[lo : lo + 512])
+            scored = [r for r in result.scored if r.error is not None]
             rows = np.array([r.source_offset for r in scored], np.int64)
             errors[rows] = np.array([r.error for r in scored]) / profile.scale_std
+            if steps > 1:
+                cols = result.columns
+                assert cols.scaled_error is not None
+                done = cols.status == SCORED
+                vectors[cols.offset[done]] = cols.scaled_error[done]
         start = stop
-    return FileErrors(errors, mean, var)
+    if steps == 1:
+        return FileErrors(errors, mean, var)
+    return FileErrors(errors, mean, var, vectors, vector_mean, cov)
 
 
 def cached_errors(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> FileErrors:
-    """The expensive part (training, streaming) once per series and model settings."""
+    """The expensive part (training, streaming) once per series and model settings.
+
+    One-step caches keep their original key and format (steps = 1 is implied); l-step ones
+    add `-l<steps>` to the key and the vector arrays to the file.
+    """
     key = f"w{cfg.window}-u{cfg.units}-e{cfg.epochs}-{cfg.retrain}-s{cfg.seed}"
+    if cfg.steps > 1:
+        key += f"-l{cfg.steps}"
     path = cache_dir / key / (cf.name.replace("/", "__") + ".npz")
     if path.exists():
-        data = np.load(path)
-        return FileErrors(data["error"], data["mean"], data["var"])
+        with np.load(path) as data:
+            return FileErrors(**{name: data[name] for name in data.files})
     fe = file_errors(cf, cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, error=fe.error, mean=fe.mean, var=fe.var)
+    arrays = {f.name: getattr(fe, f.name) for f in fields(fe) if getattr(fe, f.name) is not None}
+    np.savez(path, **arrays)
     return fe
 
 
@@ -138,7 +179,7 @@ def nab_scores(names: list[str], corpus: dict[str, CorpusFile],
                errors: dict[str, FileErrors], pp: PostProcess, nab_dir: Path
                ) -> dict[str, Any]:
     """Normalised NAB scores (and per-file raw scores) under each profile."""
-    per_row = {n: scores(errors[n].error, errors[n].mean, errors[n].var, pp) for n in names}
+    per_row = {n: errors[n].scores(pp) for n in names}
     n_windows = sum(len(corpus[n].windows) for n in names)
     prepared = {n: prepare_file(per_row[n], corpus[n].windows) for n in names}
     out: dict[str, Any] = {"per_file": {}, "per_row": per_row}
@@ -158,7 +199,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     names = args.files or data_files(nab_dir)
     corpus = load_corpus(nab_dir, names)
     cfg = EvalConfig(window=args.window, units=args.units, epochs=args.epochs,
-                     retrain=args.retrain, seed=args.seed)
+                     retrain=args.retrain, seed=args.seed, steps=args.steps)
     pp = PostProcess(horizon=args.horizon, smooth=args.smooth, group=args.group)
     out_dir: Path = args.out_dir
     started = time.monotonic()

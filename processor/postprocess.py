@@ -9,6 +9,10 @@ Pure and causal: the score of row t uses rows up to t only. The steps, each opti
   a run of large ones does (telemanom smooths errors the same way);
 - `group`: a row only counts when its score exceeds every score of the previous `group`
   rows, so one incident raises one alert rather than a burst.
+
+With l-step errors (a vector per row) the same steps run on an equivalent |z|: the
+normal deviate with the same two-sided tail probability as the row's squared Mahalanobis
+distance, which is chi-squared with l degrees of freedom (`vector_scores`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from scipy.special import log_ndtr
+from scipy.special import gammaln, log_ndtr, ndtri_exp
+from scipy.stats import chi2
+
+from processor.gaussian import MIN_VARIANCE, mahalanobis_sq, whitening
 
 F64 = npt.NDArray[np.float64]
 
@@ -64,7 +71,11 @@ def standardised(errors: F64, mean: F64, var: F64, horizon: int) -> F64:
 
 def scores(errors: F64, mean: F64, var: F64, pp: PostProcess) -> F64:
     """Per-row anomaly scores; rows without an error score 0."""
-    z = np.abs(standardised(errors, mean, var, pp.horizon))
+    return scores_from_z(np.abs(standardised(errors, mean, var, pp.horizon)), pp)
+
+
+def scores_from_z(z: F64, pp: PostProcess) -> F64:
+    """Smoothing, tail score and grouping of per-row |z| (NaN: no error, score 0)."""
     if pp.smooth > 1:
         z = pd.Series(z).rolling(pp.smooth, min_periods=1).mean().to_numpy()
     out = np.nan_to_num(tail_score(z), nan=0.0)
@@ -78,3 +89,81 @@ def group_incidents(score: F64, rows: int) -> F64:
     s = pd.Series(score)
     prev_max = s.shift(1).rolling(rows, min_periods=1).max().fillna(-np.inf).to_numpy()
     return np.where(score > prev_max, score, 0.0)
+
+
+# -- l-step error vectors -----------------------------------------------------------------
+
+def _chi2_logsf(x: F64, dims: int) -> F64:
+    """log P(chi2(dims) > x), finite far into the tail where `chi2.logsf` gives -inf.
+
+    There the asymptotic series of the upper incomplete gamma function,
+    Gamma(a, y) ~ y^(a-1) e^(-y) sum_k (a-1)(a-2)...(a-k) / y^k, is exact to rounding.
+    """
+    out = np.asarray(chi2.logsf(x, dims), np.float64)
+    far = np.isfinite(x) & np.isneginf(out)
+    if far.any():
+        a, y = dims / 2.0, x[far] / 2.0
+        term = np.ones_like(y)
+        total = np.ones_like(y)
+        for k in range(1, 12):
+            term = term * (a - k) / y
+            total = total + term
+        out[far] = (a - 1.0) * np.log(y) - y - gammaln(a) + np.log(total)
+    return out
+
+
+def equivalent_z(m2: F64, dims: int) -> F64:
+    """|z| whose two-sided normal tail probability equals that of chi2(dims) beyond the
+    squared Mahalanobis distance `m2`: the same scale as the one-step |z|, which it equals
+    for dims = 1. Worked in log space so extreme rows stay finite and ordered."""
+    log_p = _chi2_logsf(np.asarray(m2, np.float64), dims)
+    return np.asarray(-ndtri_exp(log_p - np.log(2.0)))
+
+
+def rolling_gaussians(errors: F64, horizon: int) -> tuple[F64, F64, npt.NDArray[np.int64]]:
+    """Mean (n, l) and ML covariance (n, l, l) of the error vectors of rows t-horizon .. t-1.
+
+    Causal, like the one-step rolling fit: row t never sees its own error. Rows with a NaN
+    component are skipped; the count of rows used comes back too (zero: NaN estimates).
+    Built from cumulative sums of e and e e^T, after centring on the overall mean so the
+    differences of large sums do not cancel away the covariance.
+    """
+    n, dims = errors.shape
+    valid = np.asarray(np.isfinite(errors).all(axis=1))
+    centre = errors[valid].mean(axis=0) if valid.any() else np.zeros(dims)
+    e = np.where(valid[:, None], errors - centre, 0.0)
+    s1 = np.concatenate([np.zeros((1, dims)), np.cumsum(e, axis=0)])
+    s2 = np.concatenate([np.zeros((1, dims, dims)),
+                         np.cumsum(e[:, :, None] * e[:, None, :], axis=0)])
+    c = np.concatenate([[0], np.cumsum(valid)])
+    t = np.arange(n)
+    lo = np.maximum(t - horizon, 0)
+    count = (c[t] - c[lo]).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (s1[t] - s1[lo]) / count[:, None]
+        cov = (s2[t] - s2[lo]) / count[:, None, None] - mean[:, :, None] * mean[:, None, :]
+    return mean + centre, cov, count
+
+
+def standardised_vectors(errors: F64, mean: F64, cov: F64, horizon: int) -> F64:
+    """Equivalent |z| of each error vector under the model's Gaussian or a rolling one.
+
+    `mean` (n, l) and `cov` (n, l, l) are the trained Gaussian active at each row. With a
+    horizon, rows with at least max(10, horizon // 4) earlier vectors in the last
+    `horizon` rows and a positive definite estimate use the rolling fit instead.
+    """
+    dims = errors.shape[1]
+    if horizon > 0:
+        r_mean, r_cov, count = rolling_gaussians(errors, horizon)
+        ok = np.asarray(count >= max(10, horizon // 4))
+        if ok.any():
+            ok[ok] = np.linalg.eigvalsh(r_cov[ok])[:, 0] > MIN_VARIANCE
+        mean = np.where(ok[:, None], r_mean, mean)
+        cov = np.where(ok[:, None, None], r_cov, cov)
+    whiten, _ = whitening(cov)
+    return equivalent_z(mahalanobis_sq(errors, mean, whiten), dims)
+
+
+def vector_scores(errors: F64, mean: F64, cov: F64, pp: PostProcess) -> F64:
+    """`scores` for l-step error vectors (n, l); rows without an error score 0."""
+    return scores_from_z(standardised_vectors(errors, mean, cov, pp.horizon), pp)

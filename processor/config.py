@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     model_name: str = "default"
     batch_max_records: int = Field(2000, ge=1, description="Most records scored per batch.")
     batch_max_wait_s: float = Field(
-        0.1, gt=0, description="Longest wait for a batch to fill before scoring what came."
+        0.1, gt=0, description="Longest wait for input when none has arrived; a batch is "
+        "whatever has arrived (up to batch_max_records), never held back to fill up."
     )
     max_message_bytes: int = Field(1_000_000, ge=64, description="Input records above this "
                                    "size are dead-lettered unread.")

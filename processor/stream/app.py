@@ -70,6 +70,16 @@ class Output:
     partition: int | None = None
 
 
+@dataclass
+class BatchOutputs:
+    """What one batch must produce. Scored records, one per input, stay as two parallel
+    lists: an object per record would cost more than producing it."""
+
+    scored_keys: list[bytes]
+    scored_values: list[bytes]
+    other: list[Output]  # alerts, dead letters and changelog entries
+
+
 class Processor:
     def __init__(self, settings: Settings, stop: threading.Event | None = None,
                  model_hook: Callable[[LoadedModel], LoadedModel] | None = None) -> None:
@@ -305,8 +315,7 @@ class Processor:
             if s.idle_evict_s and time.monotonic() - last_evict > min(s.idle_evict_s, 10):
                 self._evict_idle()
                 last_evict = time.monotonic()
-            messages = consumer.consume(num_messages=self._batch_limit(),
-                                        timeout=s.batch_max_wait_s)
+            messages = self._next_batch(consumer)
             records = [r for m in messages if (r := _raw(m)) is not None]
             if records:
                 started = time.monotonic()
@@ -317,6 +326,23 @@ class Processor:
             if time.monotonic() - last_report > 10:
                 log.info("progress", **self._summary())
                 last_report = time.monotonic()
+
+    def _next_batch(self, consumer: Consumer) -> list[Message]:
+        """What has arrived, up to the batch limit; block only while nothing has.
+
+        Waiting for a batch to fill would add the fill time to every record's latency.
+        Under load records queue up while a batch is scored, so batches grow by themselves
+        to what the load needs (and the limit keeps them within the time budget).
+        """
+        limit = self._batch_limit()
+        messages: list[Message] = consumer.consume(num_messages=limit, timeout=0)
+        if messages:
+            return messages
+        first = consumer.poll(self.settings.batch_max_wait_s)
+        if first is None:
+            return []
+        return [first, *consumer.consume(num_messages=limit - 1, timeout=0)] if limit > 1 \
+            else [first]
 
     def _observe_batch(self, records: list[RawRecord], seconds: float) -> None:
         m = self.metrics
@@ -392,7 +418,7 @@ class Processor:
             c.batches += 1
         return tally["windows"]
 
-    def _transform(self, records: list[RawRecord]) -> tuple[list[Output], dict[str, int]]:
+    def _transform(self, records: list[RawRecord]) -> tuple[BatchOutputs, dict[str, int]]:
         """Decode, score and turn a batch into the messages it must produce."""
         assert self._engine is not None
         s = self.settings
@@ -410,19 +436,18 @@ class Processor:
                                                               rej.observation.offset)])
                     for rej in result.rejected)
         cols = result.columns
-        outputs = [Output(s.scored_topic, key.encode(), line)
-                   for key, line in zip(cols.keys, cols.to_json(), strict=True)]
+        outputs = BatchOutputs([key.encode() for key in cols.keys], cols.to_json(), [])
         now = datetime.now(UTC)
         alerts = 0
         for r in result.anomalies():
             alert = to_alert(r, now)
             alerts += 1
-            outputs.append(Output(s.alert_topic, alert.key.encode(), encode(alert)))
+            outputs.other.append(Output(s.alert_topic, alert.key.encode(), encode(alert)))
             log.info("alert", key=alert.key, observed_at=alert.timestamp.isoformat(),
                      value=alert.value, expected=alert.expected, log_pd=alert.log_pd,
                      partition=r.source_partition, offset=r.source_offset)
         for d in dead:
-            outputs.append(Output(s.dead_letter_topic, None, encode(d)))
+            outputs.other.append(Output(s.dead_letter_topic, None, encode(d)))
             self.counters.dead_letters_by_reason[d.reason.value] = (
                 self.counters.dead_letters_by_reason.get(d.reason.value, 0) + 1)
             log.warning("dead_letter", reason=d.reason.value, detail=d.detail,
@@ -431,8 +456,8 @@ class Processor:
         for key in dict.fromkeys(o.key for o in observations):
             state = windows.state(key)
             if state is not None:
-                outputs.append(Output(self._changelog, key.encode(), encode_state(state),
-                                      state.partition))
+                outputs.other.append(Output(self._changelog, key.encode(),
+                                            encode_state(state), state.partition))
         m = self.metrics
         statuses, counts = np.unique(cols.status, return_counts=True)
         for st, n in zip(statuses.tolist(), counts.tolist(), strict=True):
@@ -446,11 +471,11 @@ class Processor:
 
     # -- committing -----------------------------------------------------------------
     def _commit_transaction(self, consumer: Consumer, producer: Producer,
-                            records: list[RawRecord], outputs: list[Output]) -> bool:
+                            records: list[RawRecord], outputs: BatchOutputs) -> bool:
         try:
             producer.begin_transaction()
-            for out in outputs:
-                self._produce(producer, out)
+            # No delivery callbacks: a message that fails makes commit_transaction fail.
+            self._produce_all(producer, outputs, None)
             offsets = _next_offsets(records)
             self._retrying(lambda: producer.send_offsets_to_transaction(
                 offsets, consumer.consumer_group_metadata(), 30))
@@ -468,9 +493,8 @@ class Processor:
             return False
 
     def _commit_at_least_once(self, consumer: Consumer, producer: Producer,
-                              records: list[RawRecord], outputs: list[Output]) -> bool:
-        for out in outputs:
-            self._produce(producer, out)
+                              records: list[RawRecord], outputs: BatchOutputs) -> bool:
+        self._produce_all(producer, outputs, self._on_delivery)
         while producer.flush(1.0) > 0:  # librdkafka retries until message.timeout.ms
             if self._delivery_errors:
                 break
@@ -503,8 +527,21 @@ class Processor:
                 log.warning("kafka_retry", error=str(err))
                 time.sleep(0.5)
 
-    def _produce(self, producer: Producer, out: Output) -> None:
-        kwargs: dict[str, Any] = {"key": out.key, "on_delivery": self._on_delivery}
+    def _produce_all(self, producer: Producer, outputs: BatchOutputs,
+                     on_delivery: Callable[[KafkaError | None, Message], None] | None) -> None:
+        topic = self.settings.scored_topic
+        produce = producer.produce
+        for key, value in zip(outputs.scored_keys, outputs.scored_values, strict=True):
+            try:
+                produce(topic, value, key, on_delivery=on_delivery)
+            except BufferError:
+                self._produce(producer, Output(topic, key, value), on_delivery)
+        for out in outputs.other:
+            self._produce(producer, out, on_delivery)
+
+    def _produce(self, producer: Producer, out: Output,
+                 on_delivery: Callable[[KafkaError | None, Message], None] | None) -> None:
+        kwargs: dict[str, Any] = {"key": out.key, "on_delivery": on_delivery}
         if out.partition is not None:
             kwargs["partition"] = out.partition
         while True:

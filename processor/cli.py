@@ -66,6 +66,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import structlog
+
+    from processor.network import set_inference_threads
     from processor.stream.app import Processor
 
     settings = settings_from_args(args)
@@ -77,6 +80,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    threads = set_inference_threads(settings.inference_threads)
+    structlog.get_logger(__name__).info("inference_threads", threads=threads)
     Processor(settings, stop).run()
     return 0
 
@@ -226,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", type=int, default=1000)
     p.add_argument("--records", type=int, default=100_000, help="end-to-end input records")
     p.add_argument("--partitions", type=int, default=4)
-    p.add_argument("--batch", type=int, default=2000, help="processor batch_max_records")
+    p.add_argument("--batch", type=int, default=4096, help="processor batch_max_records")
     p.add_argument("--window", type=int, default=50)
     p.add_argument("--units", type=int, default=64)
     p.add_argument("--naive-seconds", type=float, default=10.0)
@@ -255,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", type=int, default=1, help="average |z| over the last N rows")
     p.add_argument("--group", type=int, default=0,
                    help="a row counts only above the maximum of the previous N rows")
+    p.add_argument("--likelihood", type=int, default=0,
+                   help="score how unusual the recent average score is against the last N "
+                   "rows of scores (Numenta's anomaly likelihood; 0: off)")
+    p.add_argument("--likelihood-avg", type=int, default=10,
+                   help="rows averaged into the recent score for --likelihood")
     p.add_argument("--sweep", action="store_true",
                    help="also score a grid of post-processing variants on the same errors")
     p.add_argument("--seed", type=int, default=0)

@@ -48,11 +48,14 @@ class Settings(BaseSettings):
         description="Directory of model versions (shared by trainer and processors).",
     )
     model_name: str = "default"
-    batch_max_records: int = Field(2000, ge=1, description="Most records scored per batch.")
+    batch_max_records: int = Field(4096, ge=1, description="Most records scored per batch.")
     batch_max_wait_s: float = Field(
         0.1, gt=0, description="Longest wait for input when none has arrived; a batch is "
         "whatever has arrived (up to batch_max_records), never held back to fill up."
     )
+    inference_threads: int = Field(
+        0, ge=0, description="Threads of one forward pass (TensorFlow intra-op); 0: every "
+        "usable core (CPU limit in a container) but one, left to Kafka I/O and decoding.")
     max_message_bytes: int = Field(1_000_000, ge=64, description="Input records above this "
                                    "size are dead-lettered unread.")
     initial_key_capacity: int = Field(1024, ge=1)

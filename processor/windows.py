@@ -165,6 +165,58 @@ class WindowStore:
         vals = np.asarray(values, dtype=np.float32)
         if not len(keys) == len(timestamps) == len(vals):
             raise ValueError("keys, timestamps and values must have the same length")
+        if resets is None or not any(resets):
+            return self._advance_arrays(keys, timestamps, vals, partitions, now)
+        return self._advance_per_key(keys, timestamps, vals, partitions, resets, now)
+
+    def _advance_arrays(self, keys: Sequence[str], timestamps: Sequence[int],
+                        vals: FloatArray, partitions: Sequence[int] | None,
+                        now: float) -> WindowBatch:
+        """`advance` without resets, as array operations over the whole batch.
+
+        The batch is grouped by key (stable, so arrival order holds within a key); each
+        key gets a segment [stored row | its new values] in one buffer, and every window
+        and new stored row is a gather from that buffer.
+        """
+        w, n = self.width, len(keys)
+        if n == 0:
+            return WindowBatch(np.empty((0, w), np.float32), np.empty(0, np.int64))
+        slot_for = self._slot_for
+        slots = np.fromiter((slot_for(k) for k in keys), np.int64, n)
+        order = np.argsort(slots, kind="stable")
+        by_key = slots[order]
+        first = np.r_[True, by_key[1:] != by_key[:-1]]
+        group_start = np.flatnonzero(first)
+        group = np.cumsum(first) - 1  # group of each record, in key order
+        key_slots = by_key[group_start]
+        added = np.diff(np.r_[group_start, n])
+        rank = np.arange(n) - group_start[group]  # position within its key's new values
+        segment = group_start + np.arange(len(key_slots)) * w
+        buf = np.empty(n + len(key_slots) * w, np.float32)
+        cols = np.arange(w)
+        buf[segment[:, None] + cols] = self._values[key_slots]
+        at = segment[group] + w + rank
+        buf[at] = vals[order]
+        have = np.minimum(self._count[key_slots], w)
+        full = have[group] + rank >= w  # a full window precedes the record
+        windows = buf[at[full][:, None] - w + cols]
+        index = order[full]
+        back = np.argsort(index, kind="stable")
+
+        end = segment + w + added
+        self._values[key_slots] = buf[end[:, None] - w + cols]
+        self._count[key_slots] += added
+        last = order[group_start + added - 1]  # each key's last record in the batch
+        self._last_ts[key_slots] = np.asarray(timestamps, np.int64)[last]
+        self._touched[key_slots] = now
+        if partitions is not None:
+            self._partition[key_slots] = np.asarray(partitions, np.int32)[last]
+        return WindowBatch(windows[back], index[back])
+
+    def _advance_per_key(self, keys: Sequence[str], timestamps: Sequence[int],
+                         vals: FloatArray, partitions: Sequence[int] | None,
+                         resets: Sequence[bool], now: float) -> WindowBatch:
+        """`advance` key by key: the general path, for batches with window resets."""
         positions: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
             positions.setdefault(key, []).append(i)

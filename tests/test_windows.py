@@ -81,3 +81,33 @@ def test_in_order_check():
 def test_rejects_bad_width():
     with pytest.raises(ValueError):
         WindowStore(0)
+
+
+def test_array_path_matches_the_per_key_path() -> None:
+    """Batches without resets take the array path; it must equal the general one."""
+    rng = np.random.default_rng(7)
+    fast, slow = WindowStore(5, initial_capacity=2), WindowStore(5, initial_capacity=2)
+    ts: dict[str, int] = {}
+    for _ in range(60):
+        n = int(rng.integers(0, 40))
+        keys = [f"k{int(k)}" for k in rng.integers(0, 12, n)]
+        stamps = []
+        for k in keys:
+            ts[k] = ts.get(k, 0) + int(rng.integers(1, 5))
+            stamps.append(ts[k])
+        values = rng.normal(size=n).astype(np.float32)
+        parts = [int(p) for p in rng.integers(0, 4, n)]
+        a = fast.advance(keys, stamps, values, partitions=parts, now=1.0)
+        b = slow._advance_per_key(keys, stamps, values, parts, [False] * n, 1.0)
+        np.testing.assert_array_equal(a.windows, b.windows)
+        np.testing.assert_array_equal(a.record_index, b.record_index)
+        if rng.random() < 0.1 and keys:
+            fast.remove(keys[0])
+            slow.remove(keys[0])
+            ts.pop(keys[0])
+    assert sorted(fast.keys()) == sorted(slow.keys())
+    for key in sorted(fast.keys()):
+        sa, sb = fast.state(key), slow.state(key)
+        assert sa is not None and sb is not None
+        np.testing.assert_array_equal(sa.values, sb.values)
+        assert (sa.count, sa.last_ts, sa.partition) == (sb.count, sb.last_ts, sb.partition)

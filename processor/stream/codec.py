@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
@@ -17,8 +17,7 @@ from processor.engine import Observation, Rejected
 from schemas.records import DeadLetter, DeadLetterReason, InputRecord
 
 
-@dataclass(frozen=True)
-class RawRecord:
+class RawRecord(NamedTuple):
     """What the consumer hands over, detached from the client library's message type."""
 
     topic: str

@@ -56,6 +56,18 @@ class KeyState:
     partition: int
 
 
+@dataclass(frozen=True)
+class StateColumns:
+    """Several keys' states at once: row i of `values` is right-aligned, and only its last
+    min(count[i], width) values are real."""
+
+    keys: list[str]
+    values: FloatArray
+    count: IntArray
+    last_ts: IntArray
+    partition: npt.NDArray[np.int32]
+
+
 class WindowStore:
     """Last `width` values per key, right-aligned in one float32 matrix.
 
@@ -110,6 +122,13 @@ class WindowStore:
             return None
         return KeyState(self.window(key), int(self._count[slot]), int(self._last_ts[slot]),
                         int(self._partition[slot]))
+
+    def snapshot(self, keys: Sequence[str]) -> StateColumns:
+        """The states of those of `keys` held here, as arrays (for the changelog)."""
+        present = [k for k in keys if k in self._slots]
+        slots = np.fromiter((self._slots[k] for k in present), np.int64, len(present))
+        return StateColumns(present, self._values[slots], self._count[slots],
+                            self._last_ts[slots], self._partition[slots])
 
     def put(self, key: str, state: KeyState, now: float = 0.0) -> None:
         """Install a key's state (restore from the changelog)."""

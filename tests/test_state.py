@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from processor.stream.changelog import decode_state, encode_state
+from processor.stream.changelog import decode_state, encode_state, encode_states
 from processor.stream.spill import SpillStore
 from processor.windows import KeyState, WindowStore
 
@@ -61,3 +61,19 @@ def test_spill_store_takes_what_it_holds(tmp_path):
     spill.drop_partitions([1])
     assert len(spill) == 0
     spill.close()
+
+
+def test_batch_encoding_equals_per_key_encoding():
+    store = WindowStore(4)
+    keys = ["a", "b", "c", "a", "a", "a", "a", "d"]
+    store.advance(keys, list(range(1, 9)), np.arange(8, dtype=np.float32) / 3,
+                  partitions=[0, 1, 2, 0, 0, 0, 0, 3])
+    states = store.snapshot(["a", "missing", "b", "d"])
+    assert states.keys == ["a", "b", "d"]
+    expected = []
+    for k in states.keys:
+        st = store.state(k)
+        assert st is not None
+        expected.append(encode_state(st))
+    assert encode_states(states) == expected
+    assert decode_state(expected[0]).count == 5

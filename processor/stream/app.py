@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from processor.config import Settings
 from processor.engine import SCORED, STATUS_NAMES, Engine, to_alert
 from processor.model_store import LoadedModel, ModelStoreError, latest_version, load_version
-from processor.stream.changelog import decode_state, encode_state, restore
+from processor.stream.changelog import decode_state, encode_state, encode_states, restore
 from processor.stream.clients import consumer_config, ensure_topics, producer_config
 from processor.stream.codec import RawRecord, decode, encode, rejected_to_dead_letter
 from processor.stream.metrics import Health, HealthServer, Metrics
@@ -452,12 +452,11 @@ class Processor:
                 self.counters.dead_letters_by_reason.get(d.reason.value, 0) + 1)
             log.warning("dead_letter", reason=d.reason.value, detail=d.detail,
                         partition=d.source_partition, offset=d.source_offset)
-        windows = self._engine.windows
-        for key in dict.fromkeys(o.key for o in observations):
-            state = windows.state(key)
-            if state is not None:
-                outputs.other.append(Output(self._changelog, key.encode(),
-                                            encode_state(state), state.partition))
+        states = self._engine.windows.snapshot(list(dict.fromkeys(o.key for o in observations)))
+        outputs.other.extend(
+            Output(self._changelog, key.encode(), data, partition)
+            for key, data, partition in zip(states.keys, encode_states(states),
+                                            states.partition.tolist(), strict=True))
         m = self.metrics
         statuses, counts = np.unique(cols.status, return_counts=True)
         for st, n in zip(statuses.tolist(), counts.tolist(), strict=True):

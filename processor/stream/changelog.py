@@ -21,7 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from processor.config import Settings
 from processor.stream.clients import base_config
-from processor.windows import KeyState, WindowStore
+from processor.windows import KeyState, StateColumns, WindowStore
 
 log = structlog.get_logger(__name__)
 
@@ -37,6 +37,20 @@ def encode_state(state: KeyState) -> bytes:
     values = np.ascontiguousarray(state.values, dtype="<f4")
     return _HEADER.pack(_FORMAT, state.count, state.last_ts, state.partition,
                         len(values)) + values.tobytes()
+
+
+def encode_states(states: StateColumns) -> list[bytes]:
+    """`encode_state` for many keys at once, byte for byte the same."""
+    rows = np.ascontiguousarray(states.values, dtype="<f4")
+    width = rows.shape[1]
+    pack = _HEADER.pack
+    out = []
+    for i, (count, last_ts, partition) in enumerate(zip(
+            states.count.tolist(), states.last_ts.tolist(), states.partition.tolist(),
+            strict=True)):
+        n = min(count, width)
+        out.append(pack(_FORMAT, count, last_ts, partition, n) + rows[i, width - n:].tobytes())
+    return out
 
 
 def decode_state(data: bytes) -> KeyState:

@@ -379,6 +379,13 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                                                    warm_up, lat_rows[:n], rate,
                                                    out_dir / "processor-latency.log", extra)
     results["latency_ms_p99_at_half_load"] = results["latency"]["0.5"]["p99_ms"]
+    # The same half load without transactions: what exactly-once costs in latency.
+    rate = 0.5 * e2e["e2e_rps"]
+    print(f"latency at 50% load ({rate:.0f} records/s), at least once ...", flush=True)
+    results["latency_at_least_once"] = {"0.5": latency(
+        fresh("lat50alo"), warm_up, lat_rows[:int(rate * args.latency_seconds)], rate,
+        out_dir / "processor-latency.log",
+        {**extra, "ANOMALY_PROCESSING_GUARANTEE": "at_least_once"})}
 
     print("memory per key ...", flush=True)
     mem = memory_per_key(version_dir, tuple(args.memory_keys))
@@ -411,6 +418,10 @@ def print_table(r: dict[str, Any]) -> None:
     ]
     for share, lat in r["latency"].items():
         rows.append((f"latency at {float(share):.0%} load ({lat['offered_rps']:.0f}/s)",
+                     f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "
+                     f"max {lat['max_ms']:.1f} ms"))
+    for share, lat in r.get("latency_at_least_once", {}).items():
+        rows.append((f"  same at {float(share):.0%}, at least once",
                      f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "
                      f"max {lat['max_ms']:.1f} ms"))
     for n, mem in r["memory"]["by_keys"].items():

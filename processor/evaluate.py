@@ -200,7 +200,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     corpus = load_corpus(nab_dir, names)
     cfg = EvalConfig(window=args.window, units=args.units, epochs=args.epochs,
                      retrain=args.retrain, seed=args.seed, steps=args.steps)
-    pp = PostProcess(horizon=args.horizon, smooth=args.smooth, group=args.group)
+    pp = PostProcess(horizon=args.horizon, smooth=args.smooth, group=args.group,
+                     likelihood=args.likelihood, likelihood_avg=args.likelihood_avg)
     out_dir: Path = args.out_dir
     started = time.monotonic()
     errors: dict[str, FileErrors] = {}

@@ -35,9 +35,14 @@ class PostProcess:
     horizon: int = 0
     smooth: int = 1
     group: int = 0
+    likelihood: int = 0  # rows of score history; 0: report the tail score itself
+    likelihood_avg: int = 10
 
     def label(self) -> str:
-        return f"horizon={self.horizon} smooth={self.smooth} group={self.group}"
+        text = f"horizon={self.horizon} smooth={self.smooth} group={self.group}"
+        if self.likelihood:
+            text += f" likelihood={self.likelihood}/{self.likelihood_avg}"
+        return text
 
 
 def tail_score(z: F64) -> F64:
@@ -79,9 +84,36 @@ def scores_from_z(z: F64, pp: PostProcess) -> F64:
     if pp.smooth > 1:
         z = pd.Series(z).rolling(pp.smooth, min_periods=1).mean().to_numpy()
     out = np.nan_to_num(tail_score(z), nan=0.0)
+    if pp.likelihood > 0:
+        out = log_likelihood(out, pp.likelihood, pp.likelihood_avg)
     if pp.group > 0:
         out = group_incidents(out, pp.group)
     return out
+
+
+#: Floor on the variance of averaged scores (as in Numenta's anomaly likelihood), so a
+#: stretch of identical scores does not make the next small change look infinitely rare.
+LIKELIHOOD_MIN_VAR = 0.0003
+
+
+def log_likelihood(raw: F64, history: int, avg: int) -> F64:
+    """How unusual the recent average score is for this key: Numenta's anomaly likelihood.
+
+    The mean of the last `avg` raw scores is compared with a Gaussian fitted to those
+    averages over the previous `history` rows (causal); the upper-tail probability q of
+    the current average becomes log(q) / log(1e-10), clipped to [0, 1], so 0.5 means one
+    in 10^5. A key whose errors are always large stops alerting; a run of errors larger
+    than this key's usual ones alerts even when each is modest.
+    """
+    s = pd.Series(raw)
+    short = s.rolling(avg, min_periods=1).mean()
+    past = short.shift(1).rolling(history, min_periods=max(avg * 2, min(history, 100)))
+    mu = past.mean().to_numpy()
+    var = np.maximum(past.var(ddof=0).to_numpy(), LIKELIHOOD_MIN_VAR)
+    zz = (short.to_numpy() - mu) / np.sqrt(var)
+    log_q = log_ndtr(-zz)
+    out = np.clip(log_q / np.log(1e-10), 0.0, 1.0)
+    return np.asarray(np.nan_to_num(out, nan=0.0))
 
 
 def group_incidents(score: F64, rows: int) -> F64:

@@ -156,9 +156,25 @@ def _produce(settings: Settings, rows: list[tuple[str, int, float]],
     producer.flush(120)
 
 
+class BenchError(Exception):
+    """The benchmark cannot go on (the processor died, records went missing)."""
+
+
 def _processor(settings: Settings, log_path: Path, extra_env: dict[str, str]
                ) -> subprocess.Popen[bytes]:
-    return start_processor(settings, log_path, {"ANOMALY_HTTP_PORT": "-1", **extra_env})
+    # INFO at least: readiness is read from the processor's log.
+    return start_processor(settings, log_path, {"ANOMALY_HTTP_PORT": "-1", **extra_env,
+                                                "ANOMALY_LOG_LEVEL": "INFO"})
+
+
+def _alive(proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Stop at once, with the processor's own last words, if it has exited."""
+    code = proc.poll()
+    if code is None:
+        return
+    lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    raise BenchError(f"the processor exited with status {code}: "
+                     f"{lines[-1][:300] if lines else '(no output)'} (log: {log_path})")
 
 
 def _scored_consumer(settings: Settings) -> Consumer:
@@ -175,37 +191,43 @@ def end_to_end(settings: Settings, warm_up: list[tuple[str, int, float]],
     """Pre-fill the input topic, then time the processor draining it.
 
     The topic starts with `warm_up` (every key's first window, which the model does not
-    score); the clock starts once those are out, so the rate is that of model-scored records.
+    score). Time is taken from the scored records' own timestamps (set by the processor as
+    it produces each batch): from the batch before the first model-scored record to the
+    last record, so how fast this reader keeps up does not enter the rate. Window-filling
+    records in those batches take time but are not counted, so the rate errs low.
     """
     _produce(settings, warm_up + rows)
     total = len(warm_up) + len(rows)
     consumer = _scored_consumer(settings)
     proc = _processor(settings, log_path, extra_env)
-    started = time.perf_counter()
-    first = last = None
-    seen = seen_at_first = 0
+    stamps: list[int] = []
+    scored: list[bool] = []
     try:
         deadline = time.perf_counter() + 900
-        while seen < total and time.perf_counter() < deadline:
-            msgs = [m for m in consumer.consume(5000, 0.2) if not m.error()]
-            if not msgs:
-                continue
-            seen += len(msgs)
-            if first is None:
-                if seen >= len(warm_up):
-                    first, seen_at_first = time.perf_counter(), seen
-            else:
-                last = time.perf_counter()
+        while len(stamps) < total and time.perf_counter() < deadline:
+            _alive(proc, log_path)
+            for m in consumer.consume(5000, 0.2):
+                value = m.value()
+                if m.error() or value is None:
+                    continue
+                stamps.append(m.timestamp()[1])
+                scored.append(b'"status":"scored"' in value)
     finally:
         consumer.close()
-    rss = _rss_of(proc.pid)
-    _stop(proc)
-    if first is None or last is None or seen < total:
-        raise RuntimeError(f"only {seen} of {total} scored records arrived; see {log_path}")
-    return {"records": len(rows), "warm_up_records": len(warm_up),
-            "timed_records": total - seen_at_first, "seconds": round(last - first, 3),
-            "e2e_rps": (total - seen_at_first) / max(last - first, 1e-9),
-            "wall_from_start_s": round(last - started, 3), "processor_rss_mb": rss}
+        rss = _rss_of(proc.pid)
+        _stop(proc)
+    if len(stamps) < total:
+        raise BenchError(f"only {len(stamps)} of {total} scored records arrived in 15 "
+                         f"minutes; see {log_path}")
+    ts = np.array(stamps, np.int64)
+    is_scored = np.array(scored, bool)
+    first = int(ts[is_scored].min())
+    before = ts[ts < first]
+    start_ms = int(before.max()) if len(before) else first
+    seconds = max(int(ts.max()) - start_ms, 1) / 1000
+    n = int(is_scored.sum())
+    return {"records": n, "warm_up_records": total - n, "seconds": seconds,
+            "e2e_rps": n / seconds, "processor_rss_mb": rss}
 
 
 def latency(settings: Settings, warm_up: list[tuple[str, int, float]],
@@ -224,13 +246,14 @@ def latency(settings: Settings, warm_up: list[tuple[str, int, float]],
     try:
         _wait_ready(log_path, proc)
         _produce(settings, warm_up)
-        _drain(consumer, len(warm_up))
+        _drain(consumer, len(warm_up), proc, log_path)
         producer = threading.Thread(target=_produce, args=(settings, rows, rate, sent_at))
         producer.start()
         deadline = time.perf_counter() + len(rows) / rate + 120
         # Every input is valid, so each key's scored records arrive in its input order:
         # the i-th scored record of a key answers the key's i-th input (no parsing needed).
         while len(lat) < len(rows) and time.perf_counter() < deadline:
+            _alive(proc, log_path)
             first = consumer.poll(0.05)  # returns on the first record; consume(n, t)
             if first is None:  # would wait for n records or t, inflating what it measures
                 continue
@@ -246,17 +269,21 @@ def latency(settings: Settings, warm_up: list[tuple[str, int, float]],
     finally:
         consumer.close()
         _stop(proc)
+    if not lat:
+        raise BenchError(f"no scored record arrived at {rate:.0f} records/s; see {log_path}")
     a = np.array(lat)
     return {"offered_rps": rate, "measured": len(a), "p50_ms": float(np.percentile(a, 50)),
             "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max())}
 
 
-def _drain(consumer: Consumer, n: int, timeout_s: float = 300) -> None:
+def _drain(consumer: Consumer, n: int, proc: subprocess.Popen[bytes], log_path: Path,
+           timeout_s: float = 300) -> None:
     deadline = time.perf_counter() + timeout_s
     seen = 0
     while seen < n:
+        _alive(proc, log_path)
         if time.perf_counter() > deadline:
-            raise RuntimeError(f"only {seen} of {n} warm-up records were scored")
+            raise BenchError(f"only {seen} of {n} warm-up records were scored")
         seen += sum(1 for m in consumer.consume(5000, 0.2) if not m.error())
 
 
@@ -266,14 +293,14 @@ def _wait_ready(log_path: Path, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.perf_counter() + 120
     while time.perf_counter() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"processor exited during start-up; see {log_path}")
+            _alive(proc, log_path)
         with log_path.open("rb") as fh:
             fh.seek(start)
             if b"partitions_assigned" in fh.read():
                 time.sleep(1.0)  # restore runs right after assignment
                 return
         time.sleep(0.2)
-    raise RuntimeError(f"processor not ready after 120 s; see {log_path}")
+    raise BenchError(f"processor not ready after 120 s; see {log_path}")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -327,6 +354,8 @@ def current_rss_mb() -> float:
 # -- command -----------------------------------------------------------------------------
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
+    if len(set(args.memory_keys)) < 2:
+        raise BenchError("--memory-keys needs at least two different key counts")
     out_dir: Path = args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.external_broker:
@@ -334,7 +363,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
 
         settings = settings.model_copy(update={"bootstrap_servers": start()})
     store = out_dir / "models"
-    version_dir = bench_model(store, "bench", args.window, args.units)
+    model_name = f"bench-w{args.window}-u{args.units}"  # never reuse another size's model
+    version_dir = bench_model(store, model_name, args.window, args.units)
     run_id = uuid.uuid4().hex[:8]
     results: dict[str, Any] = {"command": "anomaly bench " + shlex.join(sys.argv[2:]),
                                "machine": machine(), "model": str(version_dir.name),
@@ -348,12 +378,19 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     results["inference_rps_best"] = inf[best]
     results["inference_best_batch"] = best
 
+    from processor.network import usable_cores
+
+    # Inference alone runs here with TensorFlow's default pool (every usable core): the
+    # model's best. The processor keeps a core for Kafka (its inference_threads setting).
+    results["inference_alone_threads"] = usable_cores()
+    results["processor_inference_threads"] = (settings.inference_threads
+                                              or max(1, usable_cores() - 1))
     extra = {"ANOMALY_BATCH_MAX_RECORDS": str(args.batch)}
 
     def fresh(tag: str) -> Settings:
         s = with_run_topics(settings, f"bench-{run_id}-{tag}").model_copy(update={
             "model_topic": f"bench-{run_id}.models", "model_store": store,
-            "model_name": "bench", "partitions": args.partitions})
+            "model_name": model_name, "partitions": args.partitions})
         ensure_topics(s)
         return s
 

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -228,16 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure naive, batched and end-to-end throughput, "
                        "latency and memory per key")
-    p.add_argument("--keys", type=int, default=1000)
-    p.add_argument("--records", type=int, default=100_000, help="end-to-end input records")
-    p.add_argument("--partitions", type=int, default=4)
-    p.add_argument("--batch", type=int, default=4096, help="processor batch_max_records")
-    p.add_argument("--window", type=int, default=50)
-    p.add_argument("--units", type=int, default=64)
-    p.add_argument("--naive-seconds", type=float, default=10.0)
-    p.add_argument("--inference-seconds", type=float, default=3.0)
-    p.add_argument("--latency-seconds", type=float, default=20.0)
-    p.add_argument("--memory-keys", type=int, nargs="+", default=[1000, 100_000, 1_000_000])
+    p.add_argument("--keys", type=_at_least(1), default=1000)
+    p.add_argument("--records", type=_at_least(1), default=100_000,
+                   help="end-to-end input records (after each key's first window)")
+    p.add_argument("--partitions", type=_at_least(1), default=4)
+    p.add_argument("--batch", type=_at_least(1), default=4096,
+                   help="processor batch_max_records")
+    p.add_argument("--window", type=_at_least(1), default=50)
+    p.add_argument("--units", type=_at_least(1), default=64)
+    p.add_argument("--naive-seconds", type=_above(0), default=10.0)
+    p.add_argument("--inference-seconds", type=_above(0), default=3.0)
+    p.add_argument("--latency-seconds", type=_above(0), default=20.0)
+    p.add_argument("--memory-keys", type=_at_least(1), nargs="+",
+                   default=[1000, 100_000, 1_000_000],
+                   help="key counts to hold in memory (two or more, different)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/throughput.json"))
     p.add_argument("--out-dir", type=Path, default=Path("out/bench"))
     p.add_argument("--external-broker", action="store_true",
@@ -252,23 +257,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=30)
     p.add_argument("--units", type=int, default=32)
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--steps", type=int, default=1,
+    p.add_argument("--steps", type=_at_least(1), default=1,
                    help="values predicted ahead (l); above 1 each row is scored by its l errors")
     p.add_argument("--retrain", choices=["doubling", "none"], default="doubling")
-    p.add_argument("--horizon", type=int, default=0,
+    p.add_argument("--horizon", type=_at_least(0), default=0,
                    help="fit the error Gaussian on the last N errors (0: the trained one)")
-    p.add_argument("--smooth", type=int, default=1, help="average |z| over the last N rows")
-    p.add_argument("--group", type=int, default=0,
+    p.add_argument("--smooth", type=_at_least(1), default=1,
+                   help="average |z| over the last N rows")
+    p.add_argument("--group", type=_at_least(0), default=0,
                    help="a row counts only above the maximum of the previous N rows")
-    p.add_argument("--likelihood", type=int, default=0,
+    p.add_argument("--likelihood", type=_at_least(0), default=0,
                    help="score how unusual the recent average score is against the last N "
                    "rows of scores (Numenta's anomaly likelihood; 0: off)")
-    p.add_argument("--likelihood-avg", type=int, default=10,
+    p.add_argument("--likelihood-avg", type=_at_least(1), default=10,
                    help="rows averaged into the recent score for --likelihood")
     p.add_argument("--sweep", action="store_true",
                    help="also score a grid of post-processing variants on the same errors")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/nab-dev.json"))
+    p.add_argument("--out", type=Path, default=None,
+                   help="summary JSON (default: benchmarks/results/nab-dev.json for the "
+                   "whole corpus, <out-dir>/evaluate.json for a subset)")
     p.add_argument("--out-dir", type=Path, default=Path("out/nab"))
     add_settings_flags(p, ["log_level", "log_json"])
     p.set_defaults(func=cmd_evaluate)
@@ -290,15 +298,46 @@ def _default_nab_dir() -> Path:
     return _nab_dir()
 
 
+def _at_least(low: float, kind: type = int) -> Callable[[str], Any]:
+    """An argparse type: a number not below `low` (argparse turns the error into one line)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
+        return value
+
+    return parse
+
+
+def _above(low: float) -> Callable[[str], float]:
+    """An argparse type: a float strictly above `low`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > low:
+            raise argparse.ArgumentTypeError(f"must be above {low:g}, got {text}")
+        return value
+
+    return parse
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from confluent_kafka import KafkaException
     from pydantic_settings import SettingsError
 
+    from processor.bench import BenchError
     from processor.dataset import DataError
     from processor.model_store import ModelStoreError
 
-    return (UserError, DataError, ModelStoreError, KafkaException, ValidationError,
-            SettingsError, FileNotFoundError, PermissionError)
+    return (UserError, BenchError, DataError, ModelStoreError, KafkaException,
+            ValidationError, SettingsError, FileNotFoundError, PermissionError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

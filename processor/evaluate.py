@@ -3,9 +3,10 @@
 Per series, in time order and without labels: train on the probationary period, then
 score every later row through the same `Engine` the stream processor runs. Optionally the
 model is retrained on all past rows whenever the data seen has doubled, as a scheduled
-retraining job would do. Each row's anomaly score in [0, 1] is `1 - p`, where p is the
-two-sided tail probability of its scaled error under the key's Gaussian: a monotone map of
-the log-PD that is comparable across series (NAB picks one threshold for the corpus).
+retraining job would do. Each row's anomaly score in [0, 1] is u / (1 + u), where u is
+-log10 of the two-sided tail probability of its scaled error under the key's Gaussian: a
+monotone map of the log-PD that is comparable across series (NAB picks one threshold for
+the corpus), optionally post-processed (`processor.postprocess`).
 With `--steps` l > 1 each row has an l-vector of errors and the score comes from the
 equivalent |z| of its Mahalanobis distance (see `processor.postprocess`).
 """
@@ -26,7 +27,7 @@ import numpy.typing as npt
 import structlog
 
 from processor.bench import machine
-from processor.dataset import Series
+from processor.dataset import DataError, Series
 from processor.detect import loaded_from_outcome
 from processor.engine import SCORED, Engine, Observation
 from processor.nab.corpus import (
@@ -200,8 +201,13 @@ def nab_scores(names: list[str], corpus: dict[str, CorpusFile],
 
 def run_evaluate(args: argparse.Namespace) -> int:
     nab_dir: Path = args.nab_dir
+    if not (nab_dir / "data").is_dir():
+        raise DataError(f"{nab_dir} is not a folder in NAB's layout (no data/ in it)")
     names = args.files or data_files(nab_dir)
     corpus = load_corpus(nab_dir, names)
+    if not any(corpus[n].windows for n in names):
+        raise DataError("none of the chosen files has a labelled anomaly window; NAB's "
+                        "scores are normalised by the windows, so add at least one such file")
     cfg = EvalConfig(window=args.window, units=args.units, epochs=args.epochs,
                      retrain=args.retrain, seed=args.seed, steps=args.steps)
     pp = PostProcess(horizon=args.horizon, smooth=args.smooth, group=args.group,
@@ -239,7 +245,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                                 published_scores(nab_dir, d).items()}
                                             for d in PUBLISHED}
     print_report(summary)
-    out = Path(args.out)
+    whole = set(names) == set(data_files(nab_dir))
+    out = Path(args.out or ("benchmarks/results/nab-dev.json" if whole
+                            else out_dir / "evaluate.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"written: {out}; per-row results in NAB's format under {out_dir / 'results'}")

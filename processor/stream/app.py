@@ -9,6 +9,13 @@ emitted twice or scored against state that was never committed.
 
 At least once: outputs and changelog are produced, flushed and acknowledged, then offsets
 are committed; after a crash the last batch may be emitted again.
+
+Pipelined: a batch is committed on a second thread while the next one is polled, decoded
+and run through the model, so the forward pass (which releases the GIL) overlaps the
+commit's encoding, producing and broker round trips. At most one batch is in flight;
+before a rebalance is handled, and on stop, it is waited for. If its transaction aborts,
+the batch scored meanwhile is thrown away with everything else uncommitted: the consumer
+rewinds to the committed offsets and the committed windows are restored.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +35,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from processor.config import Settings
-from processor.engine import SCORED, STATUS_NAMES, Engine, to_alert
+from processor.engine import SCORED, STATUS_NAMES, Engine, ScoredColumns, to_alert
 from processor.model_store import LoadedModel, ModelStoreError, latest_version, load_version
 from processor.stream.changelog import decode_state, encode_state, encode_states, restore
 from processor.stream.clients import consumer_config, ensure_topics, producer_config
@@ -71,13 +79,16 @@ class Output:
 
 
 @dataclass
-class BatchOutputs:
-    """What one batch must produce. Scored records, one per input, stay as two parallel
-    lists: an object per record would cost more than producing it."""
+class Batch:
+    """One scored batch on its way to the commit thread. Scored records stay columns
+    until that thread encodes them: an object per record would cost more than producing
+    it, and encoding there overlaps the next batch's forward pass."""
 
-    scored_keys: list[bytes]
-    scored_values: list[bytes]
+    records: list[RawRecord]
+    columns: ScoredColumns
     other: list[Output]  # alerts, dead letters and changelog entries
+    tally: dict[str, int]
+    group_metadata: object = None  # the consumer's, for send_offsets_to_transaction
 
 
 class Processor:
@@ -100,6 +111,9 @@ class Processor:
         self._lag_labels: set[str] = set()
         self._server: HealthServer | None = None
         self._consumer: Consumer | None = None
+        self._committer: ThreadPoolExecutor | None = None
+        self._inflight: tuple[Future[bool], Batch] | None = None
+        self._needs_rewind = False
 
     # -- model versions -------------------------------------------------------------
     def _load(self, ann: ModelAnnouncement | None) -> LoadedModel | None:
@@ -257,6 +271,7 @@ class Processor:
     # -- rebalances -----------------------------------------------------------------
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Restore the windows of newly assigned partitions before any of their records."""
+        self._settle()
         new = {tp.partition for tp in partitions}
         log.info("partitions_assigned", partitions=sorted(new))
         self._restore(new)
@@ -264,12 +279,14 @@ class Processor:
         self.health.assigned = bool(self.assigned)
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Every batch's transaction is committed before the next poll, so nothing is open.
+        # The batch in flight commits (or aborts) before its partitions are given up.
+        self._settle()
         gone = {tp.partition for tp in partitions}
         log.info("partitions_revoked", partitions=sorted(gone))
         self._forget(gone)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._settle()  # fenced by now: it aborts, and what it held is redone elsewhere
         gone = {tp.partition for tp in partitions}
         log.warning("partitions_lost", partitions=sorted(gone))
         self._forget(gone)
@@ -302,30 +319,42 @@ class Processor:
         s = self.settings
         last_report = last_evict = time.monotonic()
         last_lag = 0.0
-        while not self.stop.is_set():
-            self.health.beat()
-            if time.monotonic() - last_lag > 5:
-                self._update_lag(consumer)
-                last_lag = time.monotonic()
-            ann = watcher.poll()
-            if ann is not None and ann.version != self.counters.model_version:
-                model = self._load(ann)
-                if model is not None:
-                    self._activate(model)
-            if s.idle_evict_s and time.monotonic() - last_evict > min(s.idle_evict_s, 10):
-                self._evict_idle()
-                last_evict = time.monotonic()
-            messages = self._next_batch(consumer)
-            records = [r for m in messages if (r := _raw(m)) is not None]
-            if records:
-                started = time.monotonic()
-                windows = self._handle(consumer, producer, records)
-                self._observe_batch(records, time.monotonic() - started)
-                if windows:
-                    self._learn_cost((time.monotonic() - started) / windows)
-            if time.monotonic() - last_report > 10:
-                log.info("progress", **self._summary())
-                last_report = time.monotonic()
+        with ThreadPoolExecutor(1, thread_name_prefix="commit") as committer:
+            while not self.stop.is_set():
+                self.health.beat()
+                if time.monotonic() - last_lag > 5:
+                    self._update_lag(consumer)
+                    last_lag = time.monotonic()
+                ann = watcher.poll()
+                if ann is not None and ann.version != self.counters.model_version:
+                    model = self._load(ann)
+                    if model is not None:
+                        self._activate(model)
+                if s.idle_evict_s and time.monotonic() - last_evict > min(s.idle_evict_s, 10):
+                    self._evict_idle()
+                    last_evict = time.monotonic()
+                messages = self._next_batch(consumer)  # rebalance callbacks settle
+                if self._needs_rewind:  # what was polled since the aborted batch is redone
+                    self._rewind(consumer)
+                    continue
+                records = [r for m in messages if (r := _raw(m)) is not None]
+                if records:
+                    started = time.monotonic()
+                    batch = self._transform(records, consumer)
+                    seconds = time.monotonic() - started
+                    self._settle()  # the previous batch: one transaction at a time
+                    if self._needs_rewind:
+                        self._rewind(consumer)
+                        continue
+                    self._inflight = (committer.submit(self._commit, producer, consumer,
+                                                       batch), batch)
+                    self._observe_batch(records, seconds)
+                    if batch.tally["windows"]:
+                        self._learn_cost(seconds / batch.tally["windows"])
+                if time.monotonic() - last_report > 10:
+                    log.info("progress", **self._summary())
+                    last_report = time.monotonic()
+            self._settle()
 
     def _next_batch(self, consumer: Consumer) -> list[Message]:
         """What has arrived, up to the batch limit; block only while nothing has.
@@ -402,27 +431,29 @@ class Processor:
         fits = int(s.batch_time_budget_s / self._seconds_per_record)
         return max(1, min(s.batch_max_records, fits))
 
-    def _handle(self, consumer: Consumer, producer: Producer, records: list[RawRecord]) -> int:
-        """Process and commit one batch; return how many of its records the model scored."""
-        outputs, tally = self._transform(records)
-        if self._eos:
-            committed = self._commit_transaction(consumer, producer, records, outputs)
-        else:
-            committed = self._commit_at_least_once(consumer, producer, records, outputs)
-        if committed:
-            c = self.counters
-            c.records_in += len(records)
-            c.scored += tally["scored"]
-            c.alerts += tally["alerts"]
-            c.dead_letters += tally["dead_letters"]
-            c.batches += 1
-        return tally["windows"]
+    def _settle(self) -> None:
+        """Wait for the batch in flight: count it when committed, else mark a rewind.
 
-    def _transform(self, records: list[RawRecord]) -> tuple[BatchOutputs, dict[str, int]]:
-        """Decode, score and turn a batch into the messages it must produce."""
+        Re-raises what the commit thread raised (a fatal Kafka error).
+        """
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return
+        future, batch = inflight
+        if not future.result():
+            self._needs_rewind = True
+            return
+        c, tally = self.counters, batch.tally
+        c.records_in += len(batch.records)
+        c.scored += tally["scored"]
+        c.alerts += tally["alerts"]
+        c.dead_letters += tally["dead_letters"]
+        c.batches += 1
+
+    def _transform(self, records: list[RawRecord], consumer: Consumer) -> Batch:
+        """Decode and score a batch; its alerts, dead letters and changelog entries."""
         assert self._engine is not None
         s = self.settings
-        by_position = {(r.partition, r.offset): r for r in records}
         observations, dead = [], []
         for raw in records:
             item = decode(raw, s.max_message_bytes)
@@ -432,28 +463,30 @@ class Processor:
                 observations.append(item)
         self._unspill([o.key for o in observations])
         result = self._engine.process(observations, now=time.monotonic())
-        dead.extend(rejected_to_dead_letter(rej, by_position[(rej.observation.partition,
-                                                              rej.observation.offset)])
-                    for rej in result.rejected)
+        if result.rejected:
+            by_position = {(r.partition, r.offset): r for r in records}
+            dead.extend(rejected_to_dead_letter(rej, by_position[(rej.observation.partition,
+                                                                  rej.observation.offset)])
+                        for rej in result.rejected)
         cols = result.columns
-        outputs = BatchOutputs([key.encode() for key in cols.keys], cols.to_json(), [])
+        other: list[Output] = []
         now = datetime.now(UTC)
         alerts = 0
         for r in result.anomalies():
             alert = to_alert(r, now)
             alerts += 1
-            outputs.other.append(Output(s.alert_topic, alert.key.encode(), encode(alert)))
+            other.append(Output(s.alert_topic, alert.key.encode(), encode(alert)))
             log.info("alert", key=alert.key, observed_at=alert.timestamp.isoformat(),
                      value=alert.value, expected=alert.expected, log_pd=alert.log_pd,
                      partition=r.source_partition, offset=r.source_offset)
         for d in dead:
-            outputs.other.append(Output(s.dead_letter_topic, None, encode(d)))
+            other.append(Output(s.dead_letter_topic, None, encode(d)))
             self.counters.dead_letters_by_reason[d.reason.value] = (
                 self.counters.dead_letters_by_reason.get(d.reason.value, 0) + 1)
             log.warning("dead_letter", reason=d.reason.value, detail=d.detail,
                         partition=d.source_partition, offset=d.source_offset)
         states = self._engine.windows.snapshot(list(dict.fromkeys(o.key for o in observations)))
-        outputs.other.extend(
+        other.extend(
             Output(self._changelog, key.encode(), data, partition)
             for key, data, partition in zip(states.keys, encode_states(states),
                                             states.partition.tolist(), strict=True))
@@ -465,19 +498,32 @@ class Processor:
         for d in dead:
             m.dead_letters.labels(reason=d.reason.value).inc()
         tally = {"scored": len(cols), "alerts": alerts, "dead_letters": len(dead),
-                 "windows": int((result.columns.status == SCORED).sum())}
-        return outputs, tally
+                 "windows": int((cols.status == SCORED).sum())}
+        metadata = consumer.consumer_group_metadata() if self._eos else None
+        return Batch(records, cols, other, tally, metadata)
 
-    # -- committing -----------------------------------------------------------------
-    def _commit_transaction(self, consumer: Consumer, producer: Producer,
-                            records: list[RawRecord], outputs: BatchOutputs) -> bool:
+    # -- committing (on the commit thread) -------------------------------------------
+    def _commit(self, producer: Producer, consumer: Consumer, batch: Batch) -> bool:
+        """Encode and produce a batch's outputs, commit them with its offsets.
+
+        False: the transaction was aborted, and the batch must be redone.
+        """
+        scored_keys = [key.encode() for key in batch.columns.keys]
+        scored_values = batch.columns.to_json()
+        if self._eos:
+            return self._commit_transaction(producer, batch, scored_keys, scored_values)
+        return self._commit_at_least_once(producer, consumer, batch, scored_keys,
+                                          scored_values)
+
+    def _commit_transaction(self, producer: Producer, batch: Batch, scored_keys: list[bytes],
+                            scored_values: list[bytes]) -> bool:
         try:
             producer.begin_transaction()
             # No delivery callbacks: a message that fails makes commit_transaction fail.
-            self._produce_all(producer, outputs, None)
-            offsets = _next_offsets(records)
+            self._produce_all(producer, scored_keys, scored_values, batch.other, None)
+            offsets = _next_offsets(batch.records)
             self._retrying(lambda: producer.send_offsets_to_transaction(
-                offsets, consumer.consumer_group_metadata(), 30))
+                offsets, batch.group_metadata, 30))
             self._retrying(lambda: producer.commit_transaction(30))
             return True
         except KafkaException as exc:
@@ -488,22 +534,23 @@ class Processor:
             self._retrying(lambda: producer.abort_transaction(30))
             self.counters.aborted_batches += 1
             self.metrics.aborted.inc()
-            self._rewind(consumer)
             return False
 
-    def _commit_at_least_once(self, consumer: Consumer, producer: Producer,
-                              records: list[RawRecord], outputs: BatchOutputs) -> bool:
-        self._produce_all(producer, outputs, self._on_delivery)
+    def _commit_at_least_once(self, producer: Producer, consumer: Consumer, batch: Batch,
+                              scored_keys: list[bytes], scored_values: list[bytes]) -> bool:
+        self._produce_all(producer, scored_keys, scored_values, batch.other,
+                          self._on_delivery)
         while producer.flush(1.0) > 0:  # librdkafka retries until message.timeout.ms
             if self._delivery_errors:
                 break
         if self._delivery_errors:
             raise DeliveryError(f"outputs not delivered: {self._delivery_errors[:3]}")
-        consumer.commit(offsets=_next_offsets(records), asynchronous=False)
+        consumer.commit(offsets=_next_offsets(batch.records), asynchronous=False)
         return True
 
     def _rewind(self, consumer: Consumer) -> None:
         """After an abort: back to the committed offsets and the committed windows."""
+        self._needs_rewind = False
         parts = [TopicPartition(self.settings.input_topic, p) for p in sorted(self.assigned)]
         if not parts:
             return
@@ -526,16 +573,17 @@ class Processor:
                 log.warning("kafka_retry", error=str(err))
                 time.sleep(0.5)
 
-    def _produce_all(self, producer: Producer, outputs: BatchOutputs,
+    def _produce_all(self, producer: Producer, scored_keys: list[bytes],
+                     scored_values: list[bytes], other: list[Output],
                      on_delivery: Callable[[KafkaError | None, Message], None] | None) -> None:
         topic = self.settings.scored_topic
         produce = producer.produce
-        for key, value in zip(outputs.scored_keys, outputs.scored_values, strict=True):
+        for key, value in zip(scored_keys, scored_values, strict=True):
             try:
                 produce(topic, value, key, on_delivery=on_delivery)
             except BufferError:
                 self._produce(producer, Output(topic, key, value), on_delivery)
-        for out in outputs.other:
+        for out in other:
             self._produce(producer, out, on_delivery)
 
     def _produce(self, producer: Producer, out: Output,

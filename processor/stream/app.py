@@ -10,19 +10,23 @@ emitted twice or scored against state that was never committed.
 At least once: outputs and changelog are produced, flushed and acknowledged, then offsets
 are committed; after a crash the last batch may be emitted again.
 
-Pipelined: a batch is committed on a second thread while the next one is polled, decoded
-and run through the model, so the forward pass (which releases the GIL) overlaps the
-commit's encoding, producing and broker round trips. At most one batch is in flight;
-before a rebalance is handled, and on stop, it is waited for. If its transaction aborts,
-the batch scored meanwhile is thrown away with everything else uncommitted: the consumer
-rewinds to the committed offsets and the committed windows are restored.
+Pipelined, in three threads: the main thread polls, decodes and advances the windows
+(`Engine.prepare`); a scoring thread runs the forward pass and scores (`Engine.finish`);
+a commit thread encodes, produces and commits, one batch at a time and in order. The
+forward pass releases the GIL, so the model works while the other two run Python. At
+most `PIPELINE_DEPTH` batches are in flight; rebalance callbacks and stop wait for them.
+When a transaction aborts, the batches behind it skip their commit, and the consumer
+rewinds to the committed offsets and the committed windows are restored, so nothing
+scored on uncommitted state is ever emitted.
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections import Counter as Tally
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,7 +39,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from processor.config import Settings
-from processor.engine import SCORED, STATUS_NAMES, Engine, ScoredColumns, to_alert
+from processor.engine import STATUS_NAMES, BatchResult, Engine, Pending, to_alert
 from processor.model_store import LoadedModel, ModelStoreError, latest_version, load_version
 from processor.stream.changelog import decode_state, encode_state, encode_states, restore
 from processor.stream.clients import consumer_config, ensure_topics, producer_config
@@ -49,6 +53,9 @@ log = structlog.get_logger(__name__)
 
 #: Seconds to keep retrying a retriable transactional call (broker briefly away).
 RETRY_WINDOW_S = 120.0
+#: Batches scored or committing while the next one is polled: one in the model, one
+#: committing. More would only hold more uncommitted work.
+PIPELINE_DEPTH = 2
 
 
 class DeliveryError(Exception):
@@ -80,15 +87,26 @@ class Output:
 
 @dataclass
 class Batch:
-    """One scored batch on its way to the commit thread. Scored records stay columns
-    until that thread encodes them: an object per record would cost more than producing
-    it, and encoding there overlaps the next batch's forward pass."""
+    """One batch on its way through the pipeline."""
 
     records: list[RawRecord]
-    columns: ScoredColumns
-    other: list[Output]  # alerts, dead letters and changelog entries
-    tally: dict[str, int]
+    pending: Pending
+    other: list[Output]  # dead letters and changelog entries, known before scoring
+    dead_letters: int
     group_metadata: object = None  # the consumer's, for send_offsets_to_transaction
+    started: float = 0.0
+    result: BatchResult | None = None  # set by the scoring thread
+    score_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Committed:
+    records: int
+    scored: int
+    alerts: int
+    dead_letters: int
+    windows: int
+    score_seconds: float
 
 
 class Processor:
@@ -111,9 +129,10 @@ class Processor:
         self._lag_labels: set[str] = set()
         self._server: HealthServer | None = None
         self._consumer: Consumer | None = None
-        self._committer: ThreadPoolExecutor | None = None
-        self._inflight: tuple[Future[bool], Batch] | None = None
+        self._inflight: deque[Future[Committed | None]] = deque()
         self._needs_rewind = False
+        # Set by the commit thread when a batch did not commit: those behind it skip.
+        self._abandon = threading.Event()
 
     # -- model versions -------------------------------------------------------------
     def _load(self, ann: ModelAnnouncement | None) -> LoadedModel | None:
@@ -160,11 +179,24 @@ class Processor:
         else:
             self._engine.set_model(model)
         self.counters.model_version = model.version
+        self._freeze_heap()
         self._calibrate(model)
         self.metrics.set_model(model.version)
         self.health.model_loaded = True
         log.info("model_active", version=model.version, window=model.window,
                  keys=len(model.metadata.profiles), threshold=model.metadata.threshold)
+
+    @staticmethod
+    def _freeze_heap() -> None:
+        """Exempt what is alive now (TensorFlow, the model) from garbage collection.
+
+        They are millions of long-lived objects, and every full collection walks them
+        all: a quarter-second stall of a batch now and then, from objects that never go.
+        Unfreezing first lets the collection free a replaced model version.
+        """
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
     def _calibrate(self, model: LoadedModel) -> None:
         """Time one forward pass, so the first batches are sized for this model.
@@ -319,7 +351,8 @@ class Processor:
         s = self.settings
         last_report = last_evict = time.monotonic()
         last_lag = 0.0
-        with ThreadPoolExecutor(1, thread_name_prefix="commit") as committer:
+        with ThreadPoolExecutor(1, thread_name_prefix="score") as scorer, \
+                ThreadPoolExecutor(1, thread_name_prefix="commit") as committer:
             while not self.stop.is_set():
                 self.health.beat()
                 if time.monotonic() - last_lag > 5:
@@ -339,18 +372,14 @@ class Processor:
                     continue
                 records = [r for m in messages if (r := _raw(m)) is not None]
                 if records:
-                    started = time.monotonic()
-                    batch = self._transform(records, consumer)
-                    seconds = time.monotonic() - started
-                    self._settle()  # the previous batch: one transaction at a time
+                    batch = self._prepare(records, consumer)
+                    scored = scorer.submit(self._score, batch)
+                    self._inflight.append(committer.submit(self._commit, producer, consumer,
+                                                           batch, scored))
+                    while len(self._inflight) > PIPELINE_DEPTH:
+                        self._settle_oldest()
                     if self._needs_rewind:
                         self._rewind(consumer)
-                        continue
-                    self._inflight = (committer.submit(self._commit, producer, consumer,
-                                                       batch), batch)
-                    self._observe_batch(records, seconds)
-                    if batch.tally["windows"]:
-                        self._learn_cost(seconds / batch.tally["windows"])
                 if time.monotonic() - last_report > 10:
                     log.info("progress", **self._summary())
                     last_report = time.monotonic()
@@ -373,10 +402,10 @@ class Processor:
         return [first, *consumer.consume(num_messages=limit - 1, timeout=0)] if limit > 1 \
             else [first]
 
-    def _observe_batch(self, records: list[RawRecord], seconds: float) -> None:
-        m = self.metrics
+    def _observe_batch(self, batch: Batch) -> None:
+        m, records = self.metrics, batch.records
         m.batch_size.observe(len(records))
-        m.batch_seconds.observe(seconds)
+        m.batch_seconds.observe(time.monotonic() - batch.started)
         for part, n in Tally(r.partition for r in records).items():
             m.records_in.labels(partition=str(part)).inc(n)
         oldest = min((r.timestamp_ms for r in records if r.timestamp_ms > 0), default=0)
@@ -432,28 +461,33 @@ class Processor:
         return max(1, min(s.batch_max_records, fits))
 
     def _settle(self) -> None:
-        """Wait for the batch in flight: count it when committed, else mark a rewind.
+        """Wait for every batch in flight (before a rebalance is handled, and on stop)."""
+        while self._inflight:
+            self._settle_oldest()
 
-        Re-raises what the commit thread raised (a fatal Kafka error).
+    def _settle_oldest(self) -> None:
+        """Count the oldest batch in flight when it committed, else mark a rewind.
+
+        Re-raises what the scoring or commit thread raised (a fatal Kafka error).
         """
-        inflight, self._inflight = self._inflight, None
-        if inflight is None:
-            return
-        future, batch = inflight
-        if not future.result():
+        done = self._inflight.popleft().result()
+        if done is None:
             self._needs_rewind = True
             return
-        c, tally = self.counters, batch.tally
-        c.records_in += len(batch.records)
-        c.scored += tally["scored"]
-        c.alerts += tally["alerts"]
-        c.dead_letters += tally["dead_letters"]
+        c = self.counters
+        c.records_in += done.records
+        c.scored += done.scored
+        c.alerts += done.alerts
+        c.dead_letters += done.dead_letters
         c.batches += 1
+        if done.windows:
+            self._learn_cost(done.score_seconds / done.windows)
 
-    def _transform(self, records: list[RawRecord], consumer: Consumer) -> Batch:
-        """Decode and score a batch; its alerts, dead letters and changelog entries."""
+    def _prepare(self, records: list[RawRecord], consumer: Consumer) -> Batch:
+        """Decode and advance the windows (main thread, in arrival order); the dead
+        letters and the changelog entries of the new window states."""
         assert self._engine is not None
-        s = self.settings
+        s, started = self.settings, time.monotonic()
         observations, dead = [], []
         for raw in records:
             item = decode(raw, s.max_message_bytes)
@@ -462,27 +496,18 @@ class Processor:
             else:
                 observations.append(item)
         self._unspill([o.key for o in observations])
-        result = self._engine.process(observations, now=time.monotonic())
-        if result.rejected:
+        pending = self._engine.prepare(observations, now=started)
+        if pending.rejected:
             by_position = {(r.partition, r.offset): r for r in records}
             dead.extend(rejected_to_dead_letter(rej, by_position[(rej.observation.partition,
                                                                   rej.observation.offset)])
-                        for rej in result.rejected)
-        cols = result.columns
+                        for rej in pending.rejected)
         other: list[Output] = []
-        now = datetime.now(UTC)
-        alerts = 0
-        for r in result.anomalies():
-            alert = to_alert(r, now)
-            alerts += 1
-            other.append(Output(s.alert_topic, alert.key.encode(), encode(alert)))
-            log.info("alert", key=alert.key, observed_at=alert.timestamp.isoformat(),
-                     value=alert.value, expected=alert.expected, log_pd=alert.log_pd,
-                     partition=r.source_partition, offset=r.source_offset)
         for d in dead:
             other.append(Output(s.dead_letter_topic, None, encode(d)))
             self.counters.dead_letters_by_reason[d.reason.value] = (
                 self.counters.dead_letters_by_reason.get(d.reason.value, 0) + 1)
+            self.metrics.dead_letters.labels(reason=d.reason.value).inc()
             log.warning("dead_letter", reason=d.reason.value, detail=d.detail,
                         partition=d.source_partition, offset=d.source_offset)
         states = self._engine.windows.snapshot(list(dict.fromkeys(o.key for o in observations)))
@@ -490,37 +515,74 @@ class Processor:
             Output(self._changelog, key.encode(), data, partition)
             for key, data, partition in zip(states.keys, encode_states(states),
                                             states.partition.tolist(), strict=True))
+        metadata = consumer.consumer_group_metadata() if self._eos else None
+        return Batch(records, pending, other, len(dead), metadata, started)
+
+    def _score(self, batch: Batch) -> None:
+        """The forward pass and scores (scoring thread)."""
+        assert self._engine is not None
+        started = time.perf_counter()
+        batch.result = self._engine.finish(batch.pending)
+        batch.score_seconds = time.perf_counter() - started
+
+    # -- committing (on the commit thread) -------------------------------------------
+    def _commit(self, producer: Producer, consumer: Consumer, batch: Batch,
+                scored: Future[None]) -> Committed | None:
+        """Encode and produce a batch's outputs, commit them with its offsets.
+
+        None: not committed (aborted, or a batch before it was), to be redone.
+        """
+        try:
+            scored.result()
+            if self._abandon.is_set():
+                return None
+            done = self._commit_scored(producer, consumer, batch)
+        except BaseException:
+            self._abandon.set()
+            raise
+        if done is None:
+            self._abandon.set()
+        else:
+            self._observe_batch(batch)
+        return done
+
+    def _commit_scored(self, producer: Producer, consumer: Consumer,
+                       batch: Batch) -> Committed | None:
+        s, result = self.settings, batch.result
+        assert result is not None
+        cols = result.columns
+        alerts: list[Output] = []
+        now = datetime.now(UTC)
+        for r in result.anomalies():
+            alert = to_alert(r, now)
+            alerts.append(Output(s.alert_topic, alert.key.encode(), encode(alert)))
+            log.info("alert", key=alert.key, observed_at=alert.timestamp.isoformat(),
+                     value=alert.value, expected=alert.expected, log_pd=alert.log_pd,
+                     partition=r.source_partition, offset=r.source_offset)
+        scored_keys = [key.encode() for key in cols.keys]
+        scored_values = cols.to_json()
+        other = alerts + batch.other
+        if self._eos:
+            ok = self._commit_transaction(producer, batch, scored_keys, scored_values, other)
+        else:
+            ok = self._commit_at_least_once(producer, consumer, batch, scored_keys,
+                                            scored_values, other)
+        if not ok:
+            return None
         m = self.metrics
         statuses, counts = np.unique(cols.status, return_counts=True)
         for st, n in zip(statuses.tolist(), counts.tolist(), strict=True):
             m.records_scored.labels(status=STATUS_NAMES[st]).inc(n)
-        m.alerts.inc(alerts)
-        for d in dead:
-            m.dead_letters.labels(reason=d.reason.value).inc()
-        tally = {"scored": len(cols), "alerts": alerts, "dead_letters": len(dead),
-                 "windows": int((cols.status == SCORED).sum())}
-        metadata = consumer.consumer_group_metadata() if self._eos else None
-        return Batch(records, cols, other, tally, metadata)
-
-    # -- committing (on the commit thread) -------------------------------------------
-    def _commit(self, producer: Producer, consumer: Consumer, batch: Batch) -> bool:
-        """Encode and produce a batch's outputs, commit them with its offsets.
-
-        False: the transaction was aborted, and the batch must be redone.
-        """
-        scored_keys = [key.encode() for key in batch.columns.keys]
-        scored_values = batch.columns.to_json()
-        if self._eos:
-            return self._commit_transaction(producer, batch, scored_keys, scored_values)
-        return self._commit_at_least_once(producer, consumer, batch, scored_keys,
-                                          scored_values)
+        m.alerts.inc(len(alerts))
+        return Committed(len(batch.records), len(cols), len(alerts), batch.dead_letters,
+                         batch.pending.windows_to_score, batch.score_seconds)
 
     def _commit_transaction(self, producer: Producer, batch: Batch, scored_keys: list[bytes],
-                            scored_values: list[bytes]) -> bool:
+                            scored_values: list[bytes], other: list[Output]) -> bool:
         try:
             producer.begin_transaction()
             # No delivery callbacks: a message that fails makes commit_transaction fail.
-            self._produce_all(producer, scored_keys, scored_values, batch.other, None)
+            self._produce_all(producer, scored_keys, scored_values, other, None)
             offsets = _next_offsets(batch.records)
             self._retrying(lambda: producer.send_offsets_to_transaction(
                 offsets, batch.group_metadata, 30))
@@ -537,9 +599,9 @@ class Processor:
             return False
 
     def _commit_at_least_once(self, producer: Producer, consumer: Consumer, batch: Batch,
-                              scored_keys: list[bytes], scored_values: list[bytes]) -> bool:
-        self._produce_all(producer, scored_keys, scored_values, batch.other,
-                          self._on_delivery)
+                              scored_keys: list[bytes], scored_values: list[bytes],
+                              other: list[Output]) -> bool:
+        self._produce_all(producer, scored_keys, scored_values, other, self._on_delivery)
         while producer.flush(1.0) > 0:  # librdkafka retries until message.timeout.ms
             if self._delivery_errors:
                 break
@@ -550,7 +612,9 @@ class Processor:
 
     def _rewind(self, consumer: Consumer) -> None:
         """After an abort: back to the committed offsets and the committed windows."""
+        self._settle()  # the batches behind the aborted one skip their commit
         self._needs_rewind = False
+        self._abandon.clear()
         parts = [TopicPartition(self.settings.input_topic, p) for p in sorted(self.assigned)]
         if not parts:
             return

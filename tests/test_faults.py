@@ -408,9 +408,11 @@ def test_slow_model_without_a_time_budget_is_kicked_out_yet_exact(
     consumer; its transactions abort, so nothing is emitted twice. A processor with the
     budget then takes over the group and finishes the stream."""
     s = _slow_settings(deploy, budget_s=1000)
-    # 125 per key: after a first batch of filling windows (50 per key) comes a batch of
-    # 2,000 windows, 8 s of slow inference against a 6 s poll interval.
-    rows = interleaved_rows(series, keys=40, per_key=125, first_key=TRAINED_KEY)
+    # 300 per key: after a first batch of filling windows (50 per key) come five batches
+    # of 2,000 windows, 8 s of slow inference each. The pipeline keeps polling while up to
+    # four batches are in flight; the sixth makes it wait for the second, 8 s against a
+    # 6 s poll interval.
+    rows = interleaved_rows(series, keys=40, per_key=300, first_key=TRAINED_KEY)
     out = outputs_of(s)
     naive = OnThread(s)
     try:
@@ -426,7 +428,7 @@ def test_slow_model_without_a_time_budget_is_kicked_out_yet_exact(
     partial = reconcile(expected, *out.records())
     budgeted = OnThread(s.model_copy(update={"batch_time_budget_s": 1.5}))
     try:
-        out.wait_for(len(rows), timeout=120, alive=budgeted.alive)
+        out.wait_for(len(rows), timeout=180, alive=budgeted.alive)
     finally:
         budgeted.stop()
     rec = reconcile(expected, *out.records())

@@ -12,7 +12,8 @@ are committed; after a crash the last batch may be emitted again.
 
 Pipelined, in three threads: the main thread polls, decodes and advances the windows
 (`Engine.prepare`); a scoring thread runs the forward pass and scores (`Engine.finish`);
-a commit thread encodes, produces and commits, one batch at a time and in order. The
+a commit thread encodes, produces and commits in order, every batch scored by then in
+one transaction (so light load does not queue a transaction per small batch). The
 forward pass releases the GIL, so the model works while the other two run Python. At
 most `PIPELINE_DEPTH` batches are in flight; rebalance callbacks and stop wait for them.
 When a transaction aborts, the batches behind it skip their commit, and the consumer
@@ -53,9 +54,10 @@ log = structlog.get_logger(__name__)
 
 #: Seconds to keep retrying a retriable transactional call (broker briefly away).
 RETRY_WINDOW_S = 120.0
-#: Batches scored or committing while the next one is polled: one in the model, one
-#: committing. More would only hold more uncommitted work.
-PIPELINE_DEPTH = 2
+#: Batches scored or committing while the next one is polled. Under load: one in the
+#: model, one committing; under light load small batches queue up behind a commit and
+#: go out together in the next transaction.
+PIPELINE_DEPTH = 4
 
 
 class DeliveryError(Exception):
@@ -95,8 +97,11 @@ class Batch:
     dead_letters: int
     group_metadata: object = None  # the consumer's, for send_offsets_to_transaction
     started: float = 0.0
+    scored: Future[None] | None = None  # the scoring thread's work on it
     result: BatchResult | None = None  # set by the scoring thread
     score_seconds: float = 0.0
+    taken: bool = False  # picked up by a commit (its own or an earlier batch's)
+    outcome: Committed | None = None  # set once committed
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,8 @@ class Processor:
         self._server: HealthServer | None = None
         self._consumer: Consumer | None = None
         self._inflight: deque[Future[Committed | None]] = deque()
+        self._queued: deque[Batch] = deque()  # submitted, not yet taken by a commit
+        self._queue_lock = threading.Lock()
         self._needs_rewind = False
         # Set by the commit thread when a batch did not commit: those behind it skip.
         self._abandon = threading.Event()
@@ -318,7 +325,9 @@ class Processor:
         self._forget(gone)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._settle()  # fenced by now: it aborts, and what it held is redone elsewhere
+        # Fenced by now: what is in flight cannot commit, and is redone by the new owner.
+        self._abandon.set()
+        self._settle()
         gone = {tp.partition for tp in partitions}
         log.warning("partitions_lost", partitions=sorted(gone))
         self._forget(gone)
@@ -373,9 +382,11 @@ class Processor:
                 records = [r for m in messages if (r := _raw(m)) is not None]
                 if records:
                     batch = self._prepare(records, consumer)
-                    scored = scorer.submit(self._score, batch)
+                    batch.scored = scorer.submit(self._score, batch)
+                    with self._queue_lock:
+                        self._queued.append(batch)
                     self._inflight.append(committer.submit(self._commit, producer, consumer,
-                                                           batch, scored))
+                                                           batch))
                     while len(self._inflight) > PIPELINE_DEPTH:
                         self._settle_oldest()
                     if self._needs_rewind:
@@ -526,66 +537,98 @@ class Processor:
         batch.score_seconds = time.perf_counter() - started
 
     # -- committing (on the commit thread) -------------------------------------------
-    def _commit(self, producer: Producer, consumer: Consumer, batch: Batch,
-                scored: Future[None]) -> Committed | None:
-        """Encode and produce a batch's outputs, commit them with its offsets.
+    def _commit(self, producer: Producer, consumer: Consumer, batch: Batch) -> Committed | None:
+        """Commit `batch`, with every batch behind it that is scored already, in one
+        transaction (so under light load commits do not queue up one per small batch).
 
         None: not committed (aborted, or a batch before it was), to be redone.
         """
+        if batch.taken:  # it went out with an earlier batch's transaction
+            return batch.outcome
         try:
-            scored.result()
-            if self._abandon.is_set():
+            assert batch.scored is not None
+            if not self._abandon.is_set():  # else no need to wait for its scores
+                batch.scored.result()
+            group = self._take_group(batch)
+            if self._abandon.is_set() or not self._commit_group(producer, consumer, group):
+                self._abandon.set()
                 return None
-            done = self._commit_scored(producer, consumer, batch)
         except BaseException:
             self._abandon.set()
+            with self._queue_lock:
+                if batch in self._queued:
+                    self._queued.remove(batch)
             raise
-        if done is None:
-            self._abandon.set()
-        else:
-            self._observe_batch(batch)
-        return done
+        return batch.outcome
 
-    def _commit_scored(self, producer: Producer, consumer: Consumer,
-                       batch: Batch) -> Committed | None:
-        s, result = self.settings, batch.result
-        assert result is not None
-        cols = result.columns
-        alerts: list[Output] = []
-        now = datetime.now(UTC)
-        for r in result.anomalies():
-            alert = to_alert(r, now)
-            alerts.append(Output(s.alert_topic, alert.key.encode(), encode(alert)))
-            log.info("alert", key=alert.key, observed_at=alert.timestamp.isoformat(),
-                     value=alert.value, expected=alert.expected, log_pd=alert.log_pd,
-                     partition=r.source_partition, offset=r.source_offset)
-        scored_keys = [key.encode() for key in cols.keys]
-        scored_values = cols.to_json()
-        other = alerts + batch.other
+    def _take_group(self, batch: Batch) -> list[Batch]:
+        with self._queue_lock:
+            assert self._queued and self._queued[0] is batch, "commits run in order"
+            group = [self._queued.popleft()]
+            while self._queued:
+                nxt = self._queued[0].scored
+                if nxt is None or not nxt.done() or nxt.exception() is not None:
+                    break
+                group.append(self._queued.popleft())
+            for b in group:
+                b.taken = True
+        return group
+
+    def _commit_group(self, producer: Producer, consumer: Consumer,
+                      group: list[Batch]) -> bool:
+        s, now = self.settings, datetime.now(UTC)
+        scored_keys: list[bytes] = []
+        scored_values: list[bytes] = []
+        other: list[Output] = []
+        alerts: list[int] = []
+        for batch in group:
+            result = batch.result
+            assert result is not None
+            cols = result.columns
+            n = 0
+            for r in result.anomalies():
+                alert = to_alert(r, now)
+                other.append(Output(s.alert_topic, alert.key.encode(), encode(alert)))
+                n += 1
+                log.info("alert", key=alert.key, observed_at=alert.timestamp.isoformat(),
+                         value=alert.value, expected=alert.expected, log_pd=alert.log_pd,
+                         partition=r.source_partition, offset=r.source_offset)
+            alerts.append(n)
+            scored_keys.extend(key.encode() for key in cols.keys)
+            scored_values.extend(cols.to_json())
+            other.extend(batch.other)
+        records = [r for batch in group for r in batch.records]
         if self._eos:
-            ok = self._commit_transaction(producer, batch, scored_keys, scored_values, other)
+            ok = self._commit_transaction(producer, records, group[-1].group_metadata,
+                                          scored_keys, scored_values, other)
         else:
-            ok = self._commit_at_least_once(producer, consumer, batch, scored_keys,
+            ok = self._commit_at_least_once(producer, consumer, records, scored_keys,
                                             scored_values, other)
         if not ok:
-            return None
+            return False
         m = self.metrics
-        statuses, counts = np.unique(cols.status, return_counts=True)
-        for st, n in zip(statuses.tolist(), counts.tolist(), strict=True):
-            m.records_scored.labels(status=STATUS_NAMES[st]).inc(n)
-        m.alerts.inc(len(alerts))
-        return Committed(len(batch.records), len(cols), len(alerts), batch.dead_letters,
-                         batch.pending.windows_to_score, batch.score_seconds)
+        for batch, n in zip(group, alerts, strict=True):
+            assert batch.result is not None
+            cols = batch.result.columns
+            statuses, counts = np.unique(cols.status, return_counts=True)
+            for st, c in zip(statuses.tolist(), counts.tolist(), strict=True):
+                m.records_scored.labels(status=STATUS_NAMES[st]).inc(c)
+            m.alerts.inc(n)
+            self._observe_batch(batch)
+            batch.outcome = Committed(len(batch.records), len(cols), n, batch.dead_letters,
+                                      batch.pending.windows_to_score, batch.score_seconds)
+        return True
 
-    def _commit_transaction(self, producer: Producer, batch: Batch, scored_keys: list[bytes],
+    def _commit_transaction(self, producer: Producer, records: list[RawRecord],
+                            group_metadata: object, scored_keys: list[bytes],
                             scored_values: list[bytes], other: list[Output]) -> bool:
         try:
             producer.begin_transaction()
             # No delivery callbacks: a message that fails makes commit_transaction fail.
             self._produce_all(producer, scored_keys, scored_values, other, None)
-            offsets = _next_offsets(batch.records)
+            offsets = _next_offsets(records)
             self._retrying(lambda: producer.send_offsets_to_transaction(
-                offsets, batch.group_metadata, 30))
+                offsets, group_metadata, 30))
             self._retrying(lambda: producer.commit_transaction(30))
             return True
         except KafkaException as exc:
@@ -598,16 +641,16 @@ class Processor:
             self.metrics.aborted.inc()
             return False
 
-    def _commit_at_least_once(self, producer: Producer, consumer: Consumer, batch: Batch,
-                              scored_keys: list[bytes], scored_values: list[bytes],
-                              other: list[Output]) -> bool:
+    def _commit_at_least_once(self, producer: Producer, consumer: Consumer,
+                              records: list[RawRecord], scored_keys: list[bytes],
+                              scored_values: list[bytes], other: list[Output]) -> bool:
         self._produce_all(producer, scored_keys, scored_values, other, self._on_delivery)
         while producer.flush(1.0) > 0:  # librdkafka retries until message.timeout.ms
             if self._delivery_errors:
                 break
         if self._delivery_errors:
             raise DeliveryError(f"outputs not delivered: {self._delivery_errors[:3]}")
-        consumer.commit(offsets=_next_offsets(batch.records), asynchronous=False)
+        consumer.commit(offsets=_next_offsets(records), asynchronous=False)
         return True
 
     def _rewind(self, consumer: Consumer) -> None:
@@ -615,6 +658,8 @@ class Processor:
         self._settle()  # the batches behind the aborted one skip their commit
         self._needs_rewind = False
         self._abandon.clear()
+        with self._queue_lock:
+            self._queued.clear()
         parts = [TopicPartition(self.settings.input_topic, p) for p in sorted(self.assigned)]
         if not parts:
             return

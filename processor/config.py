@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(10_000, ge=1000)
     max_poll_interval_ms: int = Field(300_000, ge=1000)
     transaction_timeout_ms: int = Field(60_000, ge=1000)
+    commit_interval_ms: float = Field(
+        15.0, ge=0, description="exactly_once: least time from one transaction's commit to "
+        "the next one's start; batches scored meanwhile join that next one. A transaction "
+        "begun sooner waits on the broker writing the previous commit's markers (librdkafka "
+        "retries, often 100 ms).")
     batch_time_budget_s: float = Field(
         5.0, gt=0, description="Batches are sized so that scoring one takes about this long "
         "at most; keep well under max_poll_interval_ms.")

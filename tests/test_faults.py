@@ -148,7 +148,9 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
         outputs_of: Callable[[Settings], Outputs], series: Series, model: LoadedModel,
         fault_report: FaultReport) -> None:
     s = deploy(static_membership=True, instance_id="solo", session_timeout_ms=6000)
-    rows = interleaved_rows(series, keys=40, per_key=100, first_key=TRAINED_KEY)
+    # Enough records (about 90/s) that the commit thread is rarely idle: most kills then
+    # land while a transaction is open rather than between two short ones.
+    rows = interleaved_rows(series, keys=40, per_key=500, first_key=TRAINED_KEY)
     out = outputs_of(s)
     rng = random.Random(SEED)
 

@@ -112,6 +112,7 @@ class Committed:
     dead_letters: int
     windows: int
     score_seconds: float
+    offsets: list[TopicPartition]  # the batch's next offsets, committed with it
 
 
 class Processor:
@@ -140,6 +141,8 @@ class Processor:
         self._needs_rewind = False
         # Set by the commit thread when a batch did not commit: those behind it skip.
         self._abandon = threading.Event()
+        self._last_commit = 0.0  # monotonic time the last transaction committed
+        self._commit_interval_s = settings.commit_interval_ms / 1000
 
     # -- model versions -------------------------------------------------------------
     def _load(self, ann: ModelAnnouncement | None) -> LoadedModel | None:
@@ -385,8 +388,7 @@ class Processor:
                     batch.scored = scorer.submit(self._score, batch)
                     with self._queue_lock:
                         self._queued.append(batch)
-                    self._inflight.append(committer.submit(self._commit, producer, consumer,
-                                                           batch))
+                    self._inflight.append(committer.submit(self._commit, producer, batch))
                     while len(self._inflight) > PIPELINE_DEPTH:
                         self._settle_oldest()
                     if self._needs_rewind:
@@ -485,6 +487,9 @@ class Processor:
         if done is None:
             self._needs_rewind = True
             return
+        if not self._eos:  # outputs acknowledged: now the offsets
+            assert self._consumer is not None
+            self._consumer.commit(offsets=done.offsets, asynchronous=False)
         c = self.counters
         c.records_in += done.records
         c.scored += done.scored
@@ -537,7 +542,7 @@ class Processor:
         batch.score_seconds = time.perf_counter() - started
 
     # -- committing (on the commit thread) -------------------------------------------
-    def _commit(self, producer: Producer, consumer: Consumer, batch: Batch) -> Committed | None:
+    def _commit(self, producer: Producer, batch: Batch) -> Committed | None:
         """Commit `batch`, with every batch behind it that is scored already, in one
         transaction (so under light load commits do not queue up one per small batch).
 
@@ -549,8 +554,12 @@ class Processor:
             assert batch.scored is not None
             if not self._abandon.is_set():  # else no need to wait for its scores
                 batch.scored.result()
+            if self._eos:  # let the broker finish the previous commit's markers
+                wait = self._last_commit + self._commit_interval_s - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
             group = self._take_group(batch)
-            if self._abandon.is_set() or not self._commit_group(producer, consumer, group):
+            if self._abandon.is_set() or not self._commit_group(producer, group):
                 self._abandon.set()
                 return None
         except BaseException:
@@ -574,8 +583,7 @@ class Processor:
                 b.taken = True
         return group
 
-    def _commit_group(self, producer: Producer, consumer: Consumer,
-                      group: list[Batch]) -> bool:
+    def _commit_group(self, producer: Producer, group: list[Batch]) -> bool:
         s, now = self.settings, datetime.now(UTC)
         scored_keys: list[bytes] = []
         scored_values: list[bytes] = []
@@ -602,8 +610,7 @@ class Processor:
             ok = self._commit_transaction(producer, records, group[-1].group_metadata,
                                           scored_keys, scored_values, other)
         else:
-            ok = self._commit_at_least_once(producer, consumer, records, scored_keys,
-                                            scored_values, other)
+            ok = self._deliver(producer, scored_keys, scored_values, other)
         if not ok:
             return False
         m = self.metrics
@@ -616,7 +623,8 @@ class Processor:
             m.alerts.inc(n)
             self._observe_batch(batch)
             batch.outcome = Committed(len(batch.records), len(cols), n, batch.dead_letters,
-                                      batch.pending.windows_to_score, batch.score_seconds)
+                                      batch.pending.windows_to_score, batch.score_seconds,
+                                      _next_offsets(batch.records))
         return True
 
     def _commit_transaction(self, producer: Producer, records: list[RawRecord],
@@ -630,6 +638,7 @@ class Processor:
             self._retrying(lambda: producer.send_offsets_to_transaction(
                 offsets, group_metadata, 30))
             self._retrying(lambda: producer.commit_transaction(30))
+            self._last_commit = time.monotonic()
             return True
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
@@ -641,16 +650,17 @@ class Processor:
             self.metrics.aborted.inc()
             return False
 
-    def _commit_at_least_once(self, producer: Producer, consumer: Consumer,
-                              records: list[RawRecord], scored_keys: list[bytes],
-                              scored_values: list[bytes], other: list[Output]) -> bool:
+    def _deliver(self, producer: Producer, scored_keys: list[bytes],
+                 scored_values: list[bytes], other: list[Output]) -> bool:
+        """At least once: produce and wait for every acknowledgement. The offsets are
+        committed afterwards, on the main thread (`_settle_oldest`): a synchronous commit
+        from this thread could wait seconds on the consumer polling in the other."""
         self._produce_all(producer, scored_keys, scored_values, other, self._on_delivery)
         while producer.flush(1.0) > 0:  # librdkafka retries until message.timeout.ms
             if self._delivery_errors:
                 break
         if self._delivery_errors:
             raise DeliveryError(f"outputs not delivered: {self._delivery_errors[:3]}")
-        consumer.commit(offsets=_next_offsets(records), asynchronous=False)
         return True
 
     def _rewind(self, consumer: Consumer) -> None:

@@ -411,9 +411,9 @@ def test_slow_model_without_a_time_budget_is_kicked_out_yet_exact(
     budget then takes over the group and finishes the stream."""
     s = _slow_settings(deploy, budget_s=1000)
     # 300 per key: after a first batch of filling windows (50 per key) come five batches
-    # of 2,000 windows, 8 s of slow inference each. The pipeline keeps polling while up to
-    # four batches are in flight; the sixth makes it wait for the second, 8 s against a
-    # 6 s poll interval.
+    # of 2,000 windows, 8 s of slow inference each. The pipeline keeps polling while at
+    # most one batch waits for the model; the next one makes it wait for the model, 8 s
+    # against a 6 s poll interval.
     rows = interleaved_rows(series, keys=40, per_key=300, first_key=TRAINED_KEY)
     out = outputs_of(s)
     naive = OnThread(s)

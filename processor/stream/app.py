@@ -15,7 +15,9 @@ Pipelined, in three threads: the main thread polls, decodes and advances the win
 a commit thread encodes, produces and commits in order, every batch scored by then in
 one transaction (so light load does not queue a transaction per small batch). The
 forward pass releases the GIL, so the model works while the other two run Python. At
-most `PIPELINE_DEPTH` batches are in flight; rebalance callbacks and stop wait for them.
+most `PIPELINE_DEPTH` full batches' worth of records are in flight (so a stalled commit
+does not stop polling under light load, and a slow model's queue stays within a few
+batch time budgets); rebalance callbacks and stop wait for them.
 When a transaction aborts, the batches behind it skip their commit, and the consumer
 rewinds to the committed offsets and the committed windows are restored, so nothing
 scored on uncommitted state is ever emitted.
@@ -29,7 +31,7 @@ import time
 from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,10 +56,13 @@ log = structlog.get_logger(__name__)
 
 #: Seconds to keep retrying a retriable transactional call (broker briefly away).
 RETRY_WINDOW_S = 120.0
-#: Batches scored or committing while the next one is polled. Under load: one in the
-#: model, one committing; under light load small batches queue up behind a commit and
-#: go out together in the next transaction.
+#: Records in flight (scored or committing while the next batch is polled), in full
+#: batches. Under load: one batch in the model, one committing. Under light load many
+#: small batches fit: while a commit stalls, polling and scoring go on, and what was
+#: scored meanwhile goes out together in the next transaction.
 PIPELINE_DEPTH = 4
+#: ... and at most this many batches, whatever their size.
+MAX_BATCHES_IN_FLIGHT = 64
 
 
 class DeliveryError(Exception):
@@ -135,7 +140,9 @@ class Processor:
         self._lag_labels: set[str] = set()
         self._server: HealthServer | None = None
         self._consumer: Consumer | None = None
-        self._inflight: deque[Future[Committed | None]] = deque()
+        self._inflight: deque[tuple[Future[Committed | None], int]] = deque()  # (commit, records)
+        self._inflight_records = 0
+        self._scoring: deque[Future[None]] = deque()  # submitted to the model, maybe done
         self._queued: deque[Batch] = deque()  # submitted, not yet taken by a commit
         self._queue_lock = threading.Lock()
         self._needs_rewind = False
@@ -296,8 +303,13 @@ class Processor:
             # decommissions the broker it cached as group coordinator; a pending
             # send_offsets_to_transaction then waits on that dead handle forever, past its
             # timeout (librdkafka issues 5456, 5511), so a broker restart hung the processor.
-            # Without re-bootstrap it reconnects to the brokers it knows. kafka_config wins.
-            return {"metadata.recovery.strategy": "none", **producer_config(s, **{
+            # Without re-bootstrap it reconnects to the brokers it knows.
+            # While the coordinator writes the previous commit's markers it answers the
+            # next transaction's requests with CONCURRENT_TRANSACTIONS; librdkafka retries
+            # after retry.backoff.ms (100 ms, growing to 1 s): short retries cut a stall
+            # of 100 ms or more to a few ms. kafka_config wins over all three.
+            return {"metadata.recovery.strategy": "none", "retry.backoff.ms": 5,
+                    "retry.backoff.max.ms": 20, **producer_config(s, **{
                 "transactional.id": f"{s.group_id}-{s.instance_id}",
                 "transaction.timeout.ms": s.transaction_timeout_ms})}
         return producer_config(s)
@@ -385,12 +397,18 @@ class Processor:
                 records = [r for m in messages if (r := _raw(m)) is not None]
                 if records:
                     batch = self._prepare(records, consumer)
-                    batch.scored = scorer.submit(self._score, batch)
+                    batch.scored = scored = scorer.submit(self._score, batch)
                     with self._queue_lock:
                         self._queued.append(batch)
-                    self._inflight.append(committer.submit(self._commit, producer, batch))
-                    while len(self._inflight) > PIPELINE_DEPTH:
+                    self._inflight.append((committer.submit(self._commit, producer, batch),
+                                           len(records)))
+                    self._inflight_records += len(records)
+                    while self._inflight and self._inflight[0][0].done():
                         self._settle_oldest()
+                    while (len(self._inflight) > MAX_BATCHES_IN_FLIGHT
+                           or self._inflight_records > PIPELINE_DEPTH * self._batch_limit()):
+                        self._settle_oldest()
+                    self._limit_scoring_queue(scored)
                     if self._needs_rewind:
                         self._rewind(consumer)
                 if time.monotonic() - last_report > 10:
@@ -473,6 +491,16 @@ class Processor:
         fits = int(s.batch_time_budget_s / self._seconds_per_record)
         return max(1, min(s.batch_max_records, fits))
 
+    def _limit_scoring_queue(self, scored: Future[None]) -> None:
+        """Keep at most one batch queued behind the one in the model: records arriving
+        meanwhile make the next poll's batch bigger instead of another small forward pass.
+        (Commits are not waited for here: a slow one does not stop polling and scoring.)"""
+        self._scoring.append(scored)
+        while self._scoring and self._scoring[0].done():
+            self._scoring.popleft()
+        if len(self._scoring) > 2:
+            wait([self._scoring[0]])
+
     def _settle(self) -> None:
         """Wait for every batch in flight (before a rebalance is handled, and on stop)."""
         while self._inflight:
@@ -483,7 +511,9 @@ class Processor:
 
         Re-raises what the scoring or commit thread raised (a fatal Kafka error).
         """
-        done = self._inflight.popleft().result()
+        future, records = self._inflight.popleft()
+        self._inflight_records -= records
+        done = future.result()
         if done is None:
             self._needs_rewind = True
             return

@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure naive, batched and end-to-end throughput, "
                        "latency and memory per key")
     p.add_argument("--keys", type=_at_least(1), default=1000)
-    p.add_argument("--records", type=_at_least(1), default=100_000,
+    p.add_argument("--records", type=_at_least(1), default=300_000,
                    help="end-to-end input records (after each key's first window)")
     p.add_argument("--partitions", type=_at_least(1), default=4)
     p.add_argument("--batch", type=_at_least(1), default=4096,

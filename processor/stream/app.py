@@ -100,6 +100,7 @@ class Batch:
     pending: Pending
     other: list[Output]  # dead letters and changelog entries, known before scoring
     dead_letters: int
+    last_offsets: dict[tuple[str, int], int]  # (topic, partition) -> last offset in it
     group_metadata: object = None  # the consumer's, for send_offsets_to_transaction
     started: float = 0.0
     scored: Future[None] | None = None  # the scoring thread's work on it
@@ -562,7 +563,8 @@ class Processor:
             for key, data, partition in zip(states.keys, encode_states(states),
                                             states.partition.tolist(), strict=True))
         metadata = consumer.consumer_group_metadata() if self._eos else None
-        return Batch(records, pending, other, len(dead), metadata, started)
+        return Batch(records, pending, other, len(dead), _last_offsets(records), metadata,
+                     started)
 
     def _score(self, batch: Batch) -> None:
         """The forward pass and scores (scoring thread)."""
@@ -635,9 +637,12 @@ class Processor:
             scored_keys.extend(key.encode() for key in cols.keys)
             scored_values.extend(cols.to_json())
             other.extend(batch.other)
-        records = [r for batch in group for r in batch.records]
         if self._eos:
-            ok = self._commit_transaction(producer, records, group[-1].group_metadata,
+            last: dict[tuple[str, int], int] = {}
+            for batch in group:  # in input order: later batches' offsets win
+                last.update(batch.last_offsets)
+            ok = self._commit_transaction(producer, _next_offsets(last),
+                                          group[-1].group_metadata,
                                           scored_keys, scored_values, other)
         else:
             ok = self._deliver(producer, scored_keys, scored_values, other)
@@ -654,17 +659,16 @@ class Processor:
             self._observe_batch(batch)
             batch.outcome = Committed(len(batch.records), len(cols), n, batch.dead_letters,
                                       batch.pending.windows_to_score, batch.score_seconds,
-                                      _next_offsets(batch.records))
+                                      _next_offsets(batch.last_offsets))
         return True
 
-    def _commit_transaction(self, producer: Producer, records: list[RawRecord],
+    def _commit_transaction(self, producer: Producer, offsets: list[TopicPartition],
                             group_metadata: object, scored_keys: list[bytes],
                             scored_values: list[bytes], other: list[Output]) -> bool:
         try:
             producer.begin_transaction()
             # No delivery callbacks: a message that fails makes commit_transaction fail.
             self._produce_all(producer, scored_keys, scored_values, other, None)
-            offsets = _next_offsets(records)
             self._retrying(lambda: producer.send_offsets_to_transaction(
                 offsets, group_metadata, 30))
             self._retrying(lambda: producer.commit_transaction(30))
@@ -786,12 +790,13 @@ class Processor:
                 "keys_in_memory": len(self._engine.windows) if self._engine else 0}
 
 
-def _next_offsets(records: list[RawRecord]) -> list[TopicPartition]:
-    next_offsets: dict[tuple[str, int], int] = {}
-    for r in records:
-        next_offsets[(r.topic, r.partition)] = max(
-            next_offsets.get((r.topic, r.partition), 0), r.offset + 1)
-    return [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+def _last_offsets(records: list[RawRecord]) -> dict[tuple[str, int], int]:
+    """The last offset of each partition (a partition's records come in offset order)."""
+    return {(r.topic, r.partition): r.offset for r in records}
+
+
+def _next_offsets(last: dict[tuple[str, int], int]) -> list[TopicPartition]:
+    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
 
 def _raw(msg: Message) -> RawRecord | None:

@@ -360,6 +360,8 @@ def current_rss_mb() -> float:
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     if len(set(args.memory_keys)) < 2:
         raise BenchError("--memory-keys needs at least two different key counts")
+    if Path(args.out).is_dir():  # found now, not after minutes of measuring
+        raise BenchError(f"--out {args.out} is a directory; name the JSON file to write")
     out_dir: Path = args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.external_broker:

@@ -7,6 +7,7 @@ stderr and exit with status 2; only bugs produce a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import threading
@@ -174,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="read the input topic (all keys) over --since/--until")
     p.add_argument("--labels", type=Path, help="NAB windows JSON (or a list of [start, end])")
     p.add_argument("--key", help="series key of the CSV (default: file name without .csv)")
-    p.add_argument("--rows", type=float, default=None,
+    p.add_argument("--rows", type=_above(0), default=None,
                    help="use only the first rows: a count, or a fraction below 1")
     p.add_argument("--since", help="topic: start time (ISO-8601 or epoch ms)")
     p.add_argument("--until", help="topic: end time (ISO-8601 or epoch ms)")
@@ -306,6 +307,8 @@ def _at_least(low: float, kind: type = int) -> Callable[[str], Any]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
         return value
@@ -321,6 +324,8 @@ def _above(low: float) -> Callable[[str], float]:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if not value > low:
             raise argparse.ArgumentTypeError(f"must be above {low:g}, got {text}")
         return value
@@ -335,9 +340,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from processor.bench import BenchError
     from processor.dataset import DataError
     from processor.model_store import ModelStoreError
+    from processor.stream.topic_reader import TopicReadError
 
-    return (UserError, BenchError, DataError, ModelStoreError, KafkaException,
-            ValidationError, SettingsError, FileNotFoundError, PermissionError)
+    # OSError: a path that is a file where a directory is needed, and the like.
+    return (UserError, BenchError, DataError, ModelStoreError, TopicReadError,
+            KafkaException, ValidationError, SettingsError, OSError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,8 @@ SECRET_HINTS = ("password", "secret", "key", "token", "oauthbearer", "jaas", "cr
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ANOMALY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="ANOMALY_", extra="ignore",
+                                      allow_inf_nan=False)
 
     bootstrap_servers: str = Field(
         "127.0.0.1:9092",
@@ -30,7 +31,7 @@ class Settings(BaseSettings):
                                       "KAFKA_BOOTSTRAP_SERVERS"),
         description="Kafka bootstrap servers (also read from KAFKA_BOOTSTRAP_SERVERS).",
     )
-    kafka_config: dict[str, str] = Field(
+    kafka_config: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
         description="Extra librdkafka settings as JSON, e.g. security.protocol and sasl.*; "
         "applied to every client.",
@@ -60,7 +61,7 @@ class Settings(BaseSettings):
                                    "size are dead-lettered unread.")
     initial_key_capacity: int = Field(1024, ge=1)
     http_port: int | None = Field(
-        8080, description="Port of /healthz, /readyz and /metrics (0: any free port; "
+        8080, le=65535, description="Port of /healthz, /readyz and /metrics (0: any free port; "
         "negative: none).")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
         "exactly_once",
@@ -94,8 +95,13 @@ class Settings(BaseSettings):
         "previous one restarts the key's window; 0 never resets.")
     state_dir: Path = Field(Path(".local/state"), description="Local spill store of evicted "
                             "keys (a cache of the changelog).")
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_json: bool = True
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
 
     @field_validator("kafka_config", mode="before")
     @classmethod

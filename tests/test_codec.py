@@ -64,3 +64,13 @@ def test_non_utf8_kafka_key_is_a_key_mismatch():
     out = decode(raw(b'{"key":"k1","timestamp":1,"value":1}', key=b"\xff"), 10_000)
     assert isinstance(out, DeadLetter) and out.reason == DeadLetterReason.KEY_MISMATCH
     assert "UTF-8" in out.detail
+
+
+def test_integer_too_long_for_python_is_a_dead_letter_not_a_crash():
+    digits = b"9" * 5000
+    for value in (b'{"key":"k1","timestamp":' + digits + b',"value":1.0}',
+                  b'{"key":"k1","timestamp":1,"value":' + digits + b"}"):
+        out = decode(raw(value), max_bytes=10_000)
+        assert isinstance(out, DeadLetter)
+        assert out.reason == DeadLetterReason.NOT_JSON
+        assert "digits" in out.detail

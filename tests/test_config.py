@@ -3,8 +3,13 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from processor.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_credentials_are_masked_whatever_librdkafka_calls_them():
@@ -35,3 +40,25 @@ def test_malformed_kafka_config_is_one_line(tmp_path):
                          text=True, timeout=120)
     assert out.returncode == 2, out.stderr
     assert out.stderr.count("\n") == 1 and "kafka_config" in out.stderr
+
+
+def test_numbers_in_kafka_config_are_librdkafka_values():
+    s = Settings(kafka_config='{"linger.ms": 5, "enable.idempotence": true}')
+    assert s.kafka_config == {"linger.ms": 5, "enable.idempotence": True}
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--batch-time-budget-s", "inf"],
+    ["run", "--http-port", "99999"],
+    ["run", "--log-level", "BOGUS"],
+    ["train", "--csv", "x.csv", "--rows", "nan"],
+    ["bench", "--out", "."],
+])
+def test_bad_values_are_one_line_errors_before_any_work(argv, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "processor.cli", *argv], cwd=tmp_path,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    # One error line (argparse prints its usage above it).
+    assert out.stderr.splitlines()[-1].startswith(f"anomaly {argv[0]}: error: "), out.stderr

@@ -72,5 +72,5 @@ def test_integer_too_long_for_python_is_a_dead_letter_not_a_crash():
                   b'{"key":"k1","timestamp":1,"value":' + digits + b"}"):
         out = decode(raw(value), max_bytes=10_000)
         assert isinstance(out, DeadLetter)
-        assert out.reason == DeadLetterReason.NOT_JSON
+        assert out.reason == DeadLetterReason.INVALID_FIELD
         assert "digits" in out.detail

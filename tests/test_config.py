@@ -62,3 +62,16 @@ def test_bad_values_are_one_line_errors_before_any_work(argv, tmp_path):
     assert "Traceback" not in out.stderr
     # One error line (argparse prints its usage above it).
     assert out.stderr.splitlines()[-1].startswith(f"anomaly {argv[0]}: error: "), out.stderr
+
+
+def test_kafka_config_tunes_clients_but_cannot_weaken_the_guarantees():
+    from processor.stream.clients import consumer_config, producer_config
+
+    s = Settings(kafka_config={"linger.ms": 50, "compression.type": "zstd", "acks": "1",
+                               "enable.idempotence": False, "auto.offset.reset": "latest",
+                               "enable.auto.commit": True, "isolation.level": "read_uncommitted"})
+    p, c = producer_config(s), consumer_config(s)
+    assert (p["linger.ms"], p["compression.type"]) == (50, "zstd")
+    assert (p["acks"], p["enable.idempotence"]) == ("all", True)
+    assert c["auto.offset.reset"] == "latest"
+    assert (c["enable.auto.commit"], c["isolation.level"]) == (False, "read_committed")

@@ -248,3 +248,30 @@ def test_scored_values_match_the_input(settings, processor, series):
         if r.prediction is not None:
             assert r.error == pytest.approx(r.value - r.prediction)
 
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_offsets_are_committed_while_the_processor_idles(settings, series, guarantee):
+    """Once input stops, every consumed offset is committed without waiting for more
+    input or a shutdown: a crash while idle must not replay what was already emitted."""
+    running = Running(settings.model_copy(update={"processing_guarantee": guarantee}))
+    c = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+                  "group.id": settings.group_id})
+    try:
+        rows = rows_for(series, "k", 0, 120)
+        produce(settings, rows)
+        assert len(read(settings, settings.scored_topic, len(rows))) == len(rows)
+        parts = [TopicPartition(settings.input_topic, p) for p in range(settings.partitions)]
+        ends = [c.get_watermark_offsets(tp, timeout=10)[1] for tp in parts]
+        deadline = time.monotonic() + 10
+        while True:
+            committed = [max(tp.offset, 0) for tp in c.committed(parts, timeout=10)]
+            if committed == ends or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert running.thread.is_alive()
+        assert committed == ends
+        assert running.processor.counters.records_in == len(rows)
+    finally:
+        c.close()
+        running.close()

@@ -404,14 +404,16 @@ class Processor:
                     self._inflight.append((committer.submit(self._commit, producer, batch),
                                            len(records)))
                     self._inflight_records += len(records)
-                    while self._inflight and self._inflight[0][0].done():
-                        self._settle_oldest()
                     while (len(self._inflight) > MAX_BATCHES_IN_FLIGHT
                            or self._inflight_records > PIPELINE_DEPTH * self._batch_limit()):
                         self._settle_oldest()
                     self._limit_scoring_queue(scored)
-                    if self._needs_rewind:
-                        self._rewind(consumer)
+                # Committed batches are counted (and, at least once, their offsets
+                # committed) as soon as they are done, also when no input comes.
+                while self._inflight and self._inflight[0][0].done():
+                    self._settle_oldest()
+                if self._needs_rewind:
+                    self._rewind(consumer)
                 if time.monotonic() - last_report > 10:
                     log.info("progress", **self._summary())
                     last_report = time.monotonic()

@@ -20,26 +20,32 @@ def base_config(settings: Settings) -> dict[str, Any]:
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """Idempotent producer: retries never duplicate or reorder within a partition."""
+    """Idempotent producer: retries never duplicate or reorder within a partition.
+
+    `kafka_config` overrides the tuning defaults (linger, compression) but not what the
+    delivery guarantees rest on (idempotence, acks=all)."""
     return {
+        "linger.ms": 5,
+        "compression.type": "lz4",
         **base_config(settings),
         "enable.idempotence": True,
         "acks": "all",
-        "linger.ms": 5,
-        "compression.type": "lz4",
         **overrides,
     }
 
 
 def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """Manual commits: offsets move only after the outputs of those records are delivered."""
+    """Manual commits: offsets move only after the outputs of those records are delivered.
+
+    `kafka_config` overrides the defaults (offset reset, assignment strategy) but not
+    manual commits or `read_committed`."""
     return {
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
         **base_config(settings),
         "group.id": settings.group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "cooperative-sticky",
         "isolation.level": "read_committed",
         **overrides,
     }

@@ -8,7 +8,9 @@ rewinds to the committed offsets and restores the committed windows, so nothing 
 emitted twice or scored against state that was never committed.
 
 At least once: outputs and changelog are produced, flushed and acknowledged, then offsets
-are committed; after a crash the last batch may be emitted again.
+are committed (on the main thread, as soon as the batch is done); records a crash left
+uncommitted are read again and, their windows restored already, dead-lettered as out of
+order.
 
 Pipelined, in three threads: the main thread polls, decodes and advances the windows
 (`Engine.prepare`); a scoring thread runs the forward pass and scores (`Engine.finish`);

@@ -591,9 +591,9 @@ class Processor:
             if not self._abandon.is_set():  # else no need to wait for its scores
                 batch.scored.result()
             if self._eos:  # let the broker finish the previous commit's markers
-                wait = self._last_commit + self._commit_interval_s - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
+                pause = self._last_commit + self._commit_interval_s - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
             group = self._take_group(batch)
             if self._abandon.is_set() or not self._commit_group(producer, group):
                 self._abandon.set()

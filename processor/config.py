@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     inference_threads: int = Field(
         0, ge=0, description="Threads of one forward pass (TensorFlow intra-op); 0: every "
         "usable core (CPU limit in a container) but one, left to Kafka I/O and decoding.")
+    inference_priority: bool = Field(
+        True, description="Linux: the processor's other threads (polling, committing, the "
+        "Kafka clients') run under SCHED_BATCH, so their wake-ups do not preempt the forward "
+        "pass; no privilege needed.")
     max_message_bytes: int = Field(1_000_000, ge=64, description="Input records above this "
                                    "size are dead-lettered unread.")
     initial_key_capacity: int = Field(1024, ge=1)

@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,6 +218,7 @@ def test_sigterm_stops_cleanly_with_offsets_committed(settings, series):
         rows = rows_for(series, "k", 0, 120)
         produce(settings, rows)
         assert len(read(settings, settings.scored_topic, len(rows))) == len(rows)
+        policies = _thread_policies(proc.pid)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -235,6 +237,23 @@ def test_sigterm_stops_cleanly_with_offsets_committed(settings, series):
         c.close()
     assert sum(max(tp.offset, 0) for tp in committed) == len(rows)
     assert [max(tp.offset, 0) for tp in committed] == ends
+    # The Kafka clients' threads yield to the forward pass; TensorFlow's keep the default.
+    kafka = {n: p for n, p in policies.items() if n.startswith("rdk:")}
+    model = {n: p for n, p in policies.items() if n.startswith("tf_")}
+    assert kafka and set(kafka.values()) == {os.SCHED_BATCH}, policies
+    assert model and set(model.values()) == {os.SCHED_OTHER}, policies
+
+
+def _thread_policies(pid: int) -> dict[str, int]:
+    """Each thread's scheduling policy, by thread name and id."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            out[f"{name}/{tid}"] = os.sched_getscheduler(int(tid))
+        except OSError:
+            continue  # ended meanwhile
+    return out
 
 
 def test_scored_values_match_the_input(settings, processor, series):

@@ -51,6 +51,11 @@ from processor.stream.clients import consumer_config, ensure_topics, producer_co
 from processor.stream.codec import RawRecord, decode, encode, rejected_to_dead_letter
 from processor.stream.metrics import Health, HealthServer, Metrics
 from processor.stream.model_topic import ModelWatcher
+from processor.stream.scheduling import (
+    favour_calling_thread,
+    favour_inference_pool,
+    yield_to_inference,
+)
 from processor.stream.spill import SpillStore
 from schemas.records import DeadLetter, ModelAnnouncement
 
@@ -200,7 +205,9 @@ class Processor:
             self._engine.set_model(model)
         self.counters.model_version = model.version
         self._freeze_heap()
-        self._calibrate(model)
+        self._calibrate(model)  # TensorFlow's pool exists after this forward pass
+        if self.settings.inference_priority:
+            favour_inference_pool()
         self.metrics.set_model(model.version)
         self.health.model_loaded = True
         log.info("model_active", version=model.version, window=model.window,
@@ -250,6 +257,8 @@ class Processor:
         s = self.settings
         log.info("processor_starting", guarantee=s.processing_guarantee,
                  instance_id=s.instance_id, settings=s.secrets_redacted())
+        if s.inference_priority:  # before any client or worker thread starts
+            yield_to_inference()
         self._start_http()
         try:
             return self._run()
@@ -378,7 +387,8 @@ class Processor:
         s = self.settings
         last_report = last_evict = time.monotonic()
         last_lag = 0.0
-        with ThreadPoolExecutor(1, thread_name_prefix="score") as scorer, \
+        favour = favour_calling_thread if s.inference_priority else None
+        with ThreadPoolExecutor(1, thread_name_prefix="score", initializer=favour) as scorer, \
                 ThreadPoolExecutor(1, thread_name_prefix="commit") as committer:
             while not self.stop.is_set():
                 self.health.beat()

@@ -17,7 +17,7 @@ import numpy.typing as npt
 import orjson
 
 from processor.model_store import LoadedModel
-from processor.scoring import score_windows
+from processor.scoring import predict_scaled, score_predictions
 from processor.windows import WindowStore
 from schemas.records import Alert, DeadLetterReason, ScoredRecord, Status, ms_to_datetime
 
@@ -223,9 +223,25 @@ class Engine:
 
     def finish(self, pending: Pending) -> BatchResult:
         """The forward pass and scoring of a prepared batch, with the model it was
-        prepared for (a version switch in between does not mix the two). Array work
-        only: the per-record Python is done in `prepare`, so that this runs while another
-        thread holds the GIL."""
+        prepared for (a version switch in between does not mix the two)."""
+        return self.score(pending, self.forward(pending))
+
+    @staticmethod
+    def forward(pending: Pending) -> F64:
+        """The forward pass alone (scaled predictions of the windows to score).
+
+        The processor runs it on the model's thread and `score` on another: the array
+        work of scoring needs the GIL a dozen times per batch, and each wait for it there
+        would leave the model idle."""
+        if not len(pending.record_index):
+            return np.empty(0)
+        return predict_scaled(pending.windows, pending.profile, pending.model.table,
+                              pending.model.predictor)
+
+    @staticmethod
+    def score(pending: Pending, pred_scaled: F64) -> BatchResult:
+        """Errors, log-PD and alerts from `forward`'s output. Array work only: the
+        per-record Python is done in `prepare`."""
         model, keys, values, status = (pending.model, pending.keys, pending.values,
                                        pending.status.copy())
         n = len(keys)
@@ -239,7 +255,7 @@ class Engine:
         idx = pending.record_index
         if len(idx):
             table, profile = model.table, pending.profile
-            s = score_windows(pending.windows, values[idx], profile, table, model.predictor)
+            s = score_predictions(pred_scaled, values[idx], profile, table)
             status[idx] = SCORED
             for name in cols:
                 cols[name][idx] = getattr(s, name)

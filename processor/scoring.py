@@ -144,66 +144,67 @@ def score_windows(
 
     For l-step profiles each window holds the w + l - 1 values before its target.
     """
-    if table.steps > 1:
-        return _score_steps(windows, targets, profile_index, table, predict)
-    x = np.asarray(targets, np.float64)
-    mean = table.scale_mean[profile_index]
-    std = table.scale_std[profile_index]
-    scaled = ((windows - mean[:, None]) / std[:, None]).astype(np.float32)
-    pred_scaled = predict(scaled).astype(np.float64)
-    prediction = pred_scaled * std + mean
-    scaled_error = (x - mean) / std - pred_scaled
-    err_mean = table.error_mean[profile_index]
-    err_var = table.error_var[profile_index]
-    thr = table.threshold[profile_index]
-    lpd = log_pdf(scaled_error, err_mean, err_var)
-    half = band_half_width(err_var, thr)
-    return Scores(
-        prediction=prediction,
-        error=x - prediction,
-        scaled_error=scaled_error,
-        log_pd=lpd,
-        threshold=thr,
-        anomaly=lpd < thr,
-        band_low=prediction + (err_mean - half) * std,
-        band_high=prediction + (err_mean + half) * std,
-    )
+    return score_predictions(predict_scaled(windows, profile_index, table, predict),
+                             targets, profile_index, table)
 
 
-def _score_steps(
+def predict_scaled(
     windows: FloatArray,
-    targets: npt.ArrayLike,
     profile_index: IntArray,
     table: ProfileTable,
     predict: PredictFn,
-) -> Scores:
-    """l-step scoring: one forward pass over the l windows before each target.
-
-    The history of target t is x[t-w-l+1 .. t-1]; its window ending at t-j (j = 1..l)
-    is columns l-j .. l-j+w-1, and of that window's l outputs the j-th predicts x_t.
-    """
+) -> F64:
+    """The forward pass alone: each target's prediction(s) in scaled units, (n,) for one
+    step, (n, l) for l steps. Split from the scoring so a stream can run the model on
+    one thread and the array work around it on another."""
+    mean = table.scale_mean[profile_index]
+    std = table.scale_std[profile_index]
+    scaled = ((windows - mean[:, None]) / std[:, None]).astype(np.float32)
     steps = table.steps
-    x = np.asarray(targets, np.float64)
+    if steps == 1:
+        return predict(scaled).astype(np.float64)
+    # l-step: the history of target t is x[t-w-l+1 .. t-1]; its window ending at t-j
+    # (j = 1..l) is columns l-j .. l-j+w-1, and of that window's l outputs the j-th
+    # predicts x_t.
     n, width = windows.shape
     w = width - steps + 1
     if w < 1:
         raise ValueError(f"windows of width {width} are too short for {steps} steps")
-    mean = table.scale_mean[profile_index]
-    std = table.scale_std[profile_index]
-    scaled = ((windows - mean[:, None]) / std[:, None]).astype(np.float32)
     # lagged[i, j - 1] is the window ending j steps before target i.
     lagged = np.lib.stride_tricks.sliding_window_view(scaled, w, axis=1)[:, ::-1]
     out = predict(np.ascontiguousarray(lagged).reshape(n * steps, w)).astype(np.float64)
-    pred_scaled = np.diagonal(out.reshape(n, steps, steps), axis1=1, axis2=2)
-    scaled_error = ((x - mean) / std)[:, None] - pred_scaled
-    err_mean = table.vector_mean[profile_index]
-    whiten = table.whiten[profile_index]
-    logdet = table.logdet[profile_index]
+    return np.diagonal(out.reshape(n, steps, steps), axis1=1, axis2=2)
+
+
+def score_predictions(
+    pred_scaled: F64,
+    targets: npt.ArrayLike,
+    profile_index: IntArray,
+    table: ProfileTable,
+) -> Scores:
+    """Errors, log-PD, threshold and band from `predict_scaled`'s output."""
+    x = np.asarray(targets, np.float64)
+    mean = table.scale_mean[profile_index]
+    std = table.scale_std[profile_index]
     thr = table.threshold[profile_index]
-    lpd = mv_log_pdf(scaled_error, err_mean, whiten, logdet)
-    prediction = pred_scaled[:, 0] * std + mean
-    # The band: the values of x_t whose whole error vector would score >= threshold.
-    middle, half = line_band(pred_scaled + err_mean, whiten, logdet, thr)
+    if table.steps > 1:
+        scaled_error = ((x - mean) / std)[:, None] - pred_scaled
+        err_mean = table.vector_mean[profile_index]
+        whiten = table.whiten[profile_index]
+        logdet = table.logdet[profile_index]
+        lpd = mv_log_pdf(scaled_error, err_mean, whiten, logdet)
+        prediction = pred_scaled[:, 0] * std + mean
+        # The band: the values of x_t whose whole error vector would score >= threshold.
+        middle, half = line_band(pred_scaled + err_mean, whiten, logdet, thr)
+        low, high = (middle - half) * std + mean, (middle + half) * std + mean
+    else:
+        prediction = pred_scaled * std + mean
+        scaled_error = (x - mean) / std - pred_scaled
+        err_mean = table.error_mean[profile_index]
+        err_var = table.error_var[profile_index]
+        lpd = log_pdf(scaled_error, err_mean, err_var)
+        half = band_half_width(err_var, thr)
+        low, high = prediction + (err_mean - half) * std, prediction + (err_mean + half) * std
     return Scores(
         prediction=prediction,
         error=x - prediction,
@@ -211,8 +212,8 @@ def _score_steps(
         log_pd=lpd,
         threshold=thr,
         anomaly=lpd < thr,
-        band_low=(middle - half) * std + mean,
-        band_high=(middle + half) * std + mean,
+        band_low=low,
+        band_high=high,
     )
 
 

@@ -1,8 +1,9 @@
 """The fast path gives the plain path's scores.
 
 Fast: the stream processor's way, many keys interleaved in batches, `Engine.prepare` of
-the next batch before `Engine.finish` of the current one (as the pipelined processor
-runs them), one traced forward pass per batch. Plain: one `model.predict` per record on
+the next batch before the current one's forward pass (`Engine.forward`, one traced call
+per batch) and its scores (`Engine.score`, apart from the pass), as the pipelined
+processor runs them. Plain: one `model.predict` per record on
 a window cut by hand, and scipy's normal log density.
 """
 
@@ -47,7 +48,7 @@ def test_pipelined_batches_score_like_model_predict_per_record(outcome, tmp_path
     pending = engine.prepare(batches[0])
     for nxt in [*batches[1:], None]:
         after = engine.prepare(nxt) if nxt is not None else None  # before finishing
-        cols = engine.finish(pending).columns
+        cols = Engine.score(pending, Engine.forward(pending)).columns
         for i in np.flatnonzero(cols.status == SCORED):
             fast[(cols.keys[i], int(cols.timestamp_ms[i]))] = float(cols.log_pd[i])
         pending = after  # type: ignore[assignment]

@@ -13,10 +13,12 @@ uncommitted are read again and, their windows restored already, dead-lettered as
 order.
 
 Pipelined, in three threads: the main thread polls, decodes and advances the windows
-(`Engine.prepare`); a scoring thread runs the forward pass and scores (`Engine.finish`);
-a commit thread encodes, produces and commits in order, every batch scored by then in
-one transaction (so light load does not queue a transaction per small batch). The
-forward pass releases the GIL, so the model works while the other two run Python. At
+(`Engine.prepare`); a scoring thread runs the forward pass alone (`Engine.forward`); a
+commit thread scores (`Engine.score`), encodes, produces and commits in order, every
+batch through the model by then in one transaction (so light load does not queue a
+transaction per small batch). The forward pass releases the GIL, so the model works
+while the other two run Python, and the model's thread needs the GIL only to start a
+pass and to take its output (each wait for the GIL there idles the model). At
 most `PIPELINE_DEPTH` full batches' worth of records are in flight (so a stalled commit
 does not stop polling under light load, and a slow model's queue stays within a few
 batch time budgets); rebalance callbacks and stop wait for them.
@@ -44,7 +46,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from processor.config import Settings
-from processor.engine import STATUS_NAMES, BatchResult, Engine, Pending, to_alert
+from processor.engine import F64, STATUS_NAMES, BatchResult, Engine, Pending, to_alert
 from processor.model_store import LoadedModel, ModelStoreError, latest_version, load_version
 from processor.stream.changelog import decode_state, encode_state, encode_states, restore
 from processor.stream.clients import consumer_config, ensure_topics, producer_config
@@ -111,8 +113,9 @@ class Batch:
     group_metadata: object = None  # the consumer's, for send_offsets_to_transaction
     started: float = 0.0
     scored: Future[None] | None = None  # the scoring thread's work on it
-    result: BatchResult | None = None  # set by the scoring thread
-    score_seconds: float = 0.0
+    prediction: F64 | None = None  # the forward pass's output, set by the scoring thread
+    forward_seconds: float = 0.0
+    result: BatchResult | None = None  # its scores, set by the commit thread
     taken: bool = False  # picked up by a commit (its own or an earlier batch's)
     outcome: Committed | None = None  # set once committed
 
@@ -124,7 +127,7 @@ class Committed:
     alerts: int
     dead_letters: int
     windows: int
-    score_seconds: float
+    forward_seconds: float
     offsets: list[TopicPartition]  # the batch's next offsets, committed with it
 
 
@@ -410,7 +413,7 @@ class Processor:
                 records = [r for m in messages if (r := _raw(m)) is not None]
                 if records:
                     batch = self._prepare(records, consumer)
-                    batch.scored = scored = scorer.submit(self._score, batch)
+                    batch.scored = scored = scorer.submit(self._forward, batch)
                     with self._queue_lock:
                         self._queued.append(batch)
                     self._inflight.append((committer.submit(self._commit, producer, batch),
@@ -542,7 +545,7 @@ class Processor:
         c.dead_letters += done.dead_letters
         c.batches += 1
         if done.windows:
-            self._learn_cost(done.score_seconds / done.windows)
+            self._learn_cost(done.forward_seconds / done.windows)
 
     def _prepare(self, records: list[RawRecord], consumer: Consumer) -> Batch:
         """Decode and advance the windows (main thread, in arrival order); the dead
@@ -580,12 +583,11 @@ class Processor:
         return Batch(records, pending, other, len(dead), _last_offsets(records), metadata,
                      started)
 
-    def _score(self, batch: Batch) -> None:
-        """The forward pass and scores (scoring thread)."""
-        assert self._engine is not None
+    def _forward(self, batch: Batch) -> None:
+        """The forward pass (scoring thread): nothing else, so the model is kept busy."""
         started = time.perf_counter()
-        batch.result = self._engine.finish(batch.pending)
-        batch.score_seconds = time.perf_counter() - started
+        batch.prediction = Engine.forward(batch.pending)
+        batch.forward_seconds = time.perf_counter() - started
 
     # -- committing (on the commit thread) -------------------------------------------
     def _commit(self, producer: Producer, batch: Batch) -> Committed | None:
@@ -636,8 +638,8 @@ class Processor:
         other: list[Output] = []
         alerts: list[int] = []
         for batch in group:
-            result = batch.result
-            assert result is not None
+            assert batch.prediction is not None
+            batch.result = result = Engine.score(batch.pending, batch.prediction)
             cols = result.columns
             n = 0
             for r in result.anomalies():
@@ -672,7 +674,7 @@ class Processor:
             m.alerts.inc(n)
             self._observe_batch(batch)
             batch.outcome = Committed(len(batch.records), len(cols), n, batch.dead_letters,
-                                      batch.pending.windows_to_score, batch.score_seconds,
+                                      batch.pending.windows_to_score, batch.forward_seconds,
                                       _next_offsets(batch.last_offsets))
         return True
 

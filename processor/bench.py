@@ -187,7 +187,7 @@ def _scored_consumer(settings: Settings) -> Consumer:
 
 def end_to_end(settings: Settings, warm_up: list[tuple[str, int, float]],
                rows: list[tuple[str, int, float]], log_path: Path,
-               extra_env: dict[str, str]) -> dict[str, float]:
+               extra_env: dict[str, str]) -> dict[str, Any]:
     """Time a processor draining a pre-filled input topic, every key's window already full.
 
     A first processor scores `warm_up` (every key's first window, which the model does
@@ -209,12 +209,16 @@ def end_to_end(settings: Settings, warm_up: list[tuple[str, int, float]],
         _produce(settings, rows)
         proc = _processor(settings, log_path, extra_env)
         stamps: list[int] = []
+        cpu_start: tuple[float, dict[str, float]] | None = None
         try:
             deadline = time.perf_counter() + 900
             while len(stamps) < len(rows) and time.perf_counter() < deadline:
                 _alive(proc, log_path)
                 stamps.extend(m.timestamp()[1] for m in consumer.consume(5000, 0.2)
                               if not m.error())
+                if stamps and cpu_start is None:  # draining from here on
+                    cpu_start = (time.perf_counter(), thread_cpu_seconds(proc.pid))
+            cpu_end = (time.perf_counter(), thread_cpu_seconds(proc.pid))
         finally:
             rss = _rss_of(proc.pid)
             _stop(proc)
@@ -230,8 +234,36 @@ def end_to_end(settings: Settings, warm_up: list[tuple[str, int, float]],
     cut = int(gaps[0]) + 1 if len(gaps) else 0
     timed = len(ts) - cut
     seconds = max(int(ts[-1]) - int(ts[max(cut - 1, 0)]), 1) / 1000
+    shares = {}
+    if cpu_start is not None and cpu_end[0] > cpu_start[0]:
+        wall = cpu_end[0] - cpu_start[0]
+        shares = {name: round((t - cpu_start[1].get(name, 0.0)) / wall, 3)
+                  for name, t in cpu_end[1].items()}
     return {"records": len(rows), "warm_up_records": len(warm_up), "timed_records": timed,
-            "seconds": seconds, "e2e_rps": timed / seconds, "processor_rss_mb": rss}
+            "seconds": seconds, "e2e_rps": timed / seconds, "processor_rss_mb": rss,
+            "thread_cpu_share": shares}
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of a process's threads, summed by kind: TensorFlow's pools (tf_*),
+    librdkafka's (rdk:*), and the rest (the Python threads)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = collections.defaultdict(float)
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return {}
+    for tid in tasks:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        kind = ("model (tf_*)" if name.startswith("tf_") else
+                "kafka client (rdk:*)" if name.startswith("rdk:") else "python")
+        out[kind] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return dict(out)
 
 
 def latency(settings: Settings, warm_up: list[tuple[str, int, float]],
@@ -358,6 +390,8 @@ def current_rss_mb() -> float:
 # -- command -----------------------------------------------------------------------------
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
+    if args.ab and not args.drains:
+        raise BenchError("--ab compares drains: give --drains too")
     if len(set(args.memory_keys)) < 2:
         raise BenchError("--memory-keys needs at least two different key counts")
     if Path(args.out).is_dir():  # found now, not after minutes of measuring
@@ -375,6 +409,20 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     results: dict[str, Any] = {"command": "anomaly bench " + shlex.join(sys.argv[2:]),
                                "machine": machine(), "model": str(version_dir.name),
                                "window": args.window, "units": args.units, "keys": args.keys}
+    extra = {"ANOMALY_BATCH_MAX_RECORDS": str(args.batch)}
+
+    def fresh(tag: str) -> Settings:
+        s = with_run_topics(settings, f"bench-{run_id}-{tag}").model_copy(update={
+            "model_topic": f"bench-{run_id}.models", "model_store": store,
+            "model_name": model_name, "partitions": args.partitions})
+        ensure_topics(s)
+        return s
+
+    per_key = max(1, args.records // args.keys)
+    rows = _series_rows(args.keys, args.window + per_key, 1_600_000_000_000)
+    warm = args.keys * args.window  # rows are in time order: each key's first window
+    if args.drains:
+        return _drains(args, fresh, rows[:warm], rows[warm:], out_dir, extra)
     print("naive baseline ...", flush=True)
     results["naive_rps"] = naive_rps(version_dir, args.naive_seconds)
     print("inference alone ...", flush=True)
@@ -391,18 +439,6 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     results["inference_alone_threads"] = usable_cores()
     results["processor_inference_threads"] = (settings.inference_threads
                                               or max(1, usable_cores() - 1))
-    extra = {"ANOMALY_BATCH_MAX_RECORDS": str(args.batch)}
-
-    def fresh(tag: str) -> Settings:
-        s = with_run_topics(settings, f"bench-{run_id}-{tag}").model_copy(update={
-            "model_topic": f"bench-{run_id}.models", "model_store": store,
-            "model_name": model_name, "partitions": args.partitions})
-        ensure_topics(s)
-        return s
-
-    per_key = max(1, args.records // args.keys)
-    rows = _series_rows(args.keys, args.window + per_key, 1_600_000_000_000)
-    warm = args.keys * args.window  # rows are in time order: each key's first window
     print(f"end to end: {len(rows) - warm} records over {args.keys} keys, after "
           f"{warm} that fill the windows ...", flush=True)
     e2e = end_to_end(fresh("e2e"), rows[:warm], rows[warm:], out_dir / "processor-e2e.log",
@@ -442,6 +478,35 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten: {out}")
+    return 0
+
+
+def _drains(args: argparse.Namespace, fresh: Any, warm_up: list[tuple[str, int, float]],
+            rows: list[tuple[str, int, float]], out_dir: Path, extra: dict[str, str]) -> int:
+    """Only the end-to-end drain, repeated; with --ab, alternating with a changed setting,
+    so two variants are compared on the same machine minutes apart (runs here vary more
+    between minutes than between variants)."""
+    variants: list[tuple[str, dict[str, str]]] = [("as set", {})]
+    if args.ab:
+        name, _, value = args.ab.partition("=")
+        variants.append((args.ab, {name: value}))
+    rates: dict[str, list[float]] = {label: [] for label, _ in variants}
+    for i in range(args.drains):
+        for label, env in variants:
+            e2e = end_to_end(fresh(f"drain{i}-{len(rates[label])}-{len(env)}"), warm_up, rows,
+                             out_dir / "processor-drains.log", {**extra, **env})
+            rates[label].append(e2e["e2e_rps"])
+            shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(e2e["thread_cpu_share"].items()))
+            print(f"drain {i + 1} [{label}]: {e2e['e2e_rps']:,.0f} records/s; "
+                  f"processor threads on a CPU: {shares}", flush=True)
+    for label, r in rates.items():
+        print(f"{label}: mean {np.mean(r):,.0f}, min {min(r):,.0f}, max {max(r):,.0f} "
+              f"records/s over {len(r)} drains")
+    if args.ab:
+        base, other = rates["as set"], rates[args.ab]
+        wins = sum(a > b for a, b in zip(base, other, strict=True))
+        print(f"as set faster than {args.ab} in {wins} of {len(base)} pairs; mean ratio "
+              f"{np.mean(base) / np.mean(other):.3f}")
     return 0
 
 

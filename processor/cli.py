@@ -248,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=Path("out/bench"))
     p.add_argument("--external-broker", action="store_true",
                    help="use --bootstrap-servers as is instead of starting the local broker")
+    p.add_argument("--drains", type=_at_least(1), default=None,
+                   help="only the end-to-end drain, this many times, with the processor "
+                   "threads' CPU shares; writes no JSON")
+    p.add_argument("--ab", metavar="ANOMALY_SETTING=VALUE", type=_ab_setting, default=None,
+                   help="with --drains: alternate each drain with the processor run under "
+                   "this changed setting, and compare")
     add_settings_flags(p, KAFKA_FIELDS)
     p.set_defaults(func=cmd_bench)
 
@@ -297,6 +303,21 @@ def _default_nab_dir() -> Path:
     from processor.demo import _nab_dir
 
     return _nab_dir()
+
+
+def _ab_setting(text: str) -> str:
+    """An argparse type: ANOMALY_<SETTING>=<VALUE>, naming a setting and a valid value."""
+    name, sep, value = text.partition("=")
+    field = name.removeprefix("ANOMALY_").lower()
+    if not sep or not name.startswith("ANOMALY_") or field not in Settings.model_fields:
+        raise argparse.ArgumentTypeError(
+            f"expected ANOMALY_<SETTING>=<VALUE> naming a setting, got {text!r}")
+    try:
+        Settings.model_validate({field: value})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise argparse.ArgumentTypeError(f"{name}: {first['msg']}") from None
+    return text
 
 
 def _at_least(low: float, kind: type = int) -> Callable[[str], Any]:

@@ -53,6 +53,11 @@ def test_numbers_in_kafka_config_are_librdkafka_values():
     ["run", "--log-level", "BOGUS"],
     ["train", "--csv", "x.csv", "--rows", "nan"],
     ["bench", "--out", "."],
+    ["bench", "--drains", "0"],
+    ["bench", "--drains", "1", "--ab", "ANOMALY_BOGUS=1"],
+    ["bench", "--drains", "1", "--ab", "inference_priority=false"],
+    ["bench", "--drains", "1", "--ab", "ANOMALY_INFERENCE_PRIORITY=maybe"],
+    ["bench", "--ab", "ANOMALY_INFERENCE_PRIORITY=false"],
 ])
 def test_bad_values_are_one_line_errors_before_any_work(argv, tmp_path):
     out = subprocess.run([sys.executable, "-m", "processor.cli", *argv], cwd=tmp_path,

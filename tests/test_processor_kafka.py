@@ -65,12 +65,14 @@ class Running:
         self.stop = threading.Event()
         self.processor = Processor(settings, self.stop)
         self.error: BaseException | None = None
+        self.policy_after: int | None = None  # the thread's scheduling policy after run()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         try:
             self.processor.run()
+            self.policy_after = os.sched_getscheduler(0)
         except BaseException as exc:  # surfaced by close()
             self.error = exc
 
@@ -294,3 +296,5 @@ def test_offsets_are_committed_while_the_processor_idles(settings, series, guara
     finally:
         c.close()
         running.close()
+    # The processor ran its threads under SCHED_BATCH; the caller's thread is as it was.
+    assert running.policy_after == os.SCHED_OTHER

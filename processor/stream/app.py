@@ -260,14 +260,16 @@ class Processor:
         s = self.settings
         log.info("processor_starting", guarantee=s.processing_guarantee,
                  instance_id=s.instance_id, settings=s.secrets_redacted())
-        if s.inference_priority:  # before any client or worker thread starts
-            yield_to_inference()
+        # Before any client or worker thread starts: they inherit the policy.
+        yielded = s.inference_priority and yield_to_inference()
         self._start_http()
         try:
             return self._run()
         finally:
             if self._server is not None:
                 self._server.stop()
+            if yielded:  # the caller's thread as it was
+                favour_calling_thread()
 
     def _start_http(self) -> None:
         port = self.settings.http_port

@@ -11,10 +11,10 @@ import argparse
 import json
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: librdkafka settings whose names contain these may hold credentials: never logged.
 SECRET_HINTS = ("password", "secret", "key", "token", "oauthbearer", "jaas", "credential",
@@ -31,7 +31,9 @@ class Settings(BaseSettings):
                                       "KAFKA_BOOTSTRAP_SERVERS"),
         description="Kafka bootstrap servers (also read from KAFKA_BOOTSTRAP_SERVERS).",
     )
-    kafka_config: dict[str, str | int | float | bool] = Field(
+    # NoDecode: the JSON is parsed by the validator below, so a bad value in the
+    # environment gets the same clear message as on the command line.
+    kafka_config: Annotated[dict[str, str | int | float | bool], NoDecode] = Field(
         default_factory=dict,
         description="Extra librdkafka settings as JSON, e.g. security.protocol and sasl.*; "
         "applied to every client.",
@@ -111,7 +113,15 @@ class Settings(BaseSettings):
     @classmethod
     def _json_dict(cls, v: Any) -> Any:
         if isinstance(v, str):
-            return json.loads(v) if v.strip() else {}
+            try:
+                v = json.loads(v) if v.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON: {exc}") from None
+        if isinstance(v, dict):
+            for key, value in v.items():
+                if not isinstance(value, str | int | float | bool):
+                    raise ValueError(f"{key!r}: librdkafka takes a string, number or "
+                                     f"boolean, got {json.dumps(value)}")
         return v
 
     @property

@@ -123,6 +123,13 @@ def drain(settings: Settings, expected: int, proc: subprocess.Popen[bytes]
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     started = time.monotonic()
     csv_path, labels_path = _defaults(args)
+    # The input is checked before anything is started or created on the broker.
+    series = csv_series(csv_path, labels_path, None)
+    windows = read_windows(labels_path, csv_path) if labels_path else []
+    head = first_rows(series, args.train_rows, "--train-rows")
+    rest = series.slice(len(head))
+    if len(rest) == 0:
+        raise DataError("--train-rows leaves nothing to stream")
     if not args.external_broker:
         from processor.localbroker import start
 
@@ -132,12 +139,6 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     settings = with_run_topics(settings, f"demo-{run_id}").model_copy(update={
         "model_store": args.out_dir / "models", "model_name": "demo"})
     ensure_topics(settings)
-    series = csv_series(csv_path, labels_path, None)
-    windows = read_windows(labels_path, csv_path) if labels_path else []
-    head = first_rows(series, args.train_rows)
-    rest = series.slice(len(head))
-    if len(rest) == 0:
-        raise DataError("--train-rows leaves nothing to stream")
 
     print(f"training on the first {len(head)} rows of {csv_path.name} "
           f"({ms_to_datetime(int(head.timestamps[0])):%Y-%m-%d} .. "

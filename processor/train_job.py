@@ -30,14 +30,15 @@ def parse_time(text: str | None) -> int | None:
         raise DataError(str(exc)) from exc
 
 
-def first_rows(series: Series, rows: float | None) -> Series:
-    """`rows` below 1 is a fraction of the series, otherwise a row count."""
+def first_rows(series: Series, rows: float | None, flag: str = "--rows") -> Series:
+    """`rows` below 1 is a fraction of the series, otherwise a row count (`flag`: the
+    option it came from, for the error message)."""
     if rows is None:
         return series
     if rows <= 0:
-        raise DataError("--rows must be positive")
+        raise DataError(f"{flag} must be positive")
     if rows > 1 and rows != int(rows):
-        raise DataError(f"--rows {rows}: a fraction below 1 or a whole number of rows")
+        raise DataError(f"{flag} {rows}: a fraction below 1 or a whole number of rows")
     n = int(len(series) * rows) if rows < 1 else int(rows)
     return series.slice(0, n)
 

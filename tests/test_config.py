@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from processor.config import Settings
 
@@ -42,6 +43,16 @@ def test_malformed_kafka_config_is_one_line(tmp_path):
     assert out.stderr.count("\n") == 1 and "kafka_config" in out.stderr
 
 
+@pytest.mark.parametrize(("value", "message"), [
+    ("{not json", "not valid JSON: Expecting property name"),
+    ('{"linger.ms": [1]}', "'linger.ms': librdkafka takes a string, number or boolean"),
+])
+def test_bad_kafka_config_in_the_environment_says_what_is_wrong(monkeypatch, value, message):
+    monkeypatch.setenv("ANOMALY_KAFKA_CONFIG", value)
+    with pytest.raises(ValidationError, match=message):
+        Settings()
+
+
 def test_numbers_in_kafka_config_are_librdkafka_values():
     s = Settings(kafka_config='{"linger.ms": 5, "enable.idempotence": true}')
     assert s.kafka_config == {"linger.ms": 5, "enable.idempotence": True}
@@ -58,6 +69,8 @@ def test_numbers_in_kafka_config_are_librdkafka_values():
     ["bench", "--drains", "1", "--ab", "inference_priority=false"],
     ["bench", "--drains", "1", "--ab", "ANOMALY_INFERENCE_PRIORITY=maybe"],
     ["bench", "--ab", "ANOMALY_INFERENCE_PRIORITY=false"],
+    # Checked before any broker is started or topics created (this one is unreachable).
+    ["demo", "--csv", "missing.csv", "--external-broker", "--bootstrap-servers", "127.0.0.1:1"],
 ])
 def test_bad_values_are_one_line_errors_before_any_work(argv, tmp_path):
     out = subprocess.run([sys.executable, "-m", "processor.cli", *argv], cwd=tmp_path,
@@ -80,3 +93,15 @@ def test_kafka_config_tunes_clients_but_cannot_weaken_the_guarantees():
     assert (p["acks"], p["enable.idempotence"]) == ("all", True)
     assert c["auto.offset.reset"] == "latest"
     assert (c["enable.auto.commit"], c["isolation.level"]) == (False, "read_committed")
+
+
+def test_demo_names_its_own_flag_for_a_bad_row_count(tmp_path):
+    csv = tmp_path / "s.csv"
+    csv.write_text("timestamp,value\n2020-01-01 00:00:00,1\n2020-01-01 00:05:00,2\n")
+    out = subprocess.run([sys.executable, "-m", "processor.cli", "demo", "--csv", str(csv),
+                          "--train-rows", "1.5", "--external-broker",
+                          "--bootstrap-servers", "127.0.0.1:1"], cwd=tmp_path,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("anomaly demo: error: --train-rows 1.5")

@@ -406,7 +406,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     model_name = f"bench-w{args.window}-u{args.units}"  # never reuse another size's model
     version_dir = bench_model(store, model_name, args.window, args.units)
     run_id = uuid.uuid4().hex[:8]
-    results: dict[str, Any] = {"command": "anomaly bench " + shlex.join(sys.argv[2:]),
+    results: dict[str, Any] = {"command": shlex.join(["anomaly", "bench", *sys.argv[2:]]),
                                "machine": machine(), "model": str(version_dir.name),
                                "window": args.window, "units": args.units, "keys": args.keys}
     extra = {"ANOMALY_BATCH_MAX_RECORDS": str(args.batch)}

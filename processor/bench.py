@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -481,7 +482,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _drains(args: argparse.Namespace, fresh: Any, warm_up: list[tuple[str, int, float]],
+def _drains(args: argparse.Namespace, fresh: Callable[[str], Settings],
+            warm_up: list[tuple[str, int, float]],
             rows: list[tuple[str, int, float]], out_dir: Path, extra: dict[str, str]) -> int:
     """Only the end-to-end drain, repeated; with --ab, alternating with a changed setting,
     so two variants are compared on the same machine minutes apart (runs here vary more
@@ -492,8 +494,8 @@ def _drains(args: argparse.Namespace, fresh: Any, warm_up: list[tuple[str, int, 
         variants.append((args.ab, {name: value}))
     rates: dict[str, list[float]] = {label: [] for label, _ in variants}
     for i in range(args.drains):
-        for label, env in variants:
-            e2e = end_to_end(fresh(f"drain{i}-{len(rates[label])}-{len(env)}"), warm_up, rows,
+        for v, (label, env) in enumerate(variants):
+            e2e = end_to_end(fresh(f"drain{i}-{v}"), warm_up, rows,
                              out_dir / "processor-drains.log", {**extra, **env})
             rates[label].append(e2e["e2e_rps"])
             shares = ", ".join(f"{k} {v:.0%}" for k, v in sorted(e2e["thread_cpu_share"].items()))

@@ -87,7 +87,7 @@ def drain(settings: Settings, expected: int, proc: subprocess.Popen[bytes]
     dead: list[DeadLetter] = []
     alerts = 0
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    last_print = 0.0
+    last_print = time.monotonic()  # the first report after 5 s, not a "0 of n" at once
     try:
         while len(scored) + len(dead) < expected:
             if time.monotonic() > deadline:
@@ -106,7 +106,9 @@ def drain(settings: Settings, expected: int, proc: subprocess.Popen[bytes]
                 else:
                     alerts += 1
             if time.monotonic() - last_print > 5:
-                print(f"  ... {len(scored) + len(dead)} of {expected} records processed",
+                done = len(scored) + len(dead)
+                print(f"  ... {done} of {expected} records processed" if done else
+                      "  ... waiting for the processor to load the model and start",
                       flush=True)
                 last_print = time.monotonic()
         # Alerts trail their scored records by at most one batch.

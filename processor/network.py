@@ -32,19 +32,40 @@ class NetworkSpec:
     layers: int = 1
     dropout: float = 0.0
     steps: int = 1
+    relative: bool = False
 
 
 def build_network(spec: NetworkSpec) -> keras.Model:
-    """Stacked LSTM -> Dense(steps): regression of the next `steps` scaled values."""
-    model = keras.Sequential(name="lstm_predictor")
-    model.add(keras.Input(shape=(spec.window, 1)))
+    """Stacked LSTM -> Dense(steps): regression of the next `steps` scaled values.
+
+    With `relative` the network is level-free: it sees the window minus the window's
+    last value and predicts the change from that value, which is then added back; the
+    head starts at zero, so before any training it is the persistence forecast. A plain
+    network trained on a few hundred rows cannot extrapolate: once the series moves to a
+    level outside its training range its saturated units keep predicting the old range,
+    and a settled shift is reported as an error for as long as it lasts.
+    """
+    inputs = keras.Input(shape=(spec.window, 1), name="window")
+    h = inputs
+    if spec.relative:
+        last = keras.layers.Cropping1D((spec.window - 1, 0), name="last")(inputs)
+        h = keras.layers.Subtract(name="relative")(
+            [inputs, keras.layers.UpSampling1D(spec.window, name="last_repeated")(last)])
     for i in range(spec.layers):
-        model.add(
-            keras.layers.LSTM(spec.units, return_sequences=i < spec.layers - 1, name=f"lstm_{i}")
-        )
+        h = keras.layers.LSTM(spec.units, return_sequences=i < spec.layers - 1,
+                              name=f"lstm_{i}")(h)
         if spec.dropout > 0:
-            model.add(keras.layers.Dropout(spec.dropout))
-    model.add(keras.layers.Dense(spec.steps, name="next_value"))
+            h = keras.layers.Dropout(spec.dropout)(h)
+    if not spec.relative:
+        outputs = keras.layers.Dense(spec.steps, name="next_value")(h)
+    else:
+        change = keras.layers.Dense(spec.steps, kernel_initializer="zeros",
+                                    name="change")(h)
+        base = keras.layers.Flatten(name="last_value")(last)
+        if spec.steps > 1:
+            base = keras.layers.Concatenate(name="last_values")([base] * spec.steps)
+        outputs = keras.layers.Add(name="next_value")([base, change])
+    model = keras.Model(inputs, outputs, name="lstm_predictor")
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     return model
 

@@ -52,6 +52,8 @@ class TrainConfig(BaseModel):
     layers: int = Field(1, ge=1, le=4)
     steps: int = Field(1, ge=1, description="values predicted ahead (Malhotra's l)")
     dropout: float = Field(0.0, ge=0, lt=1)
+    relative: bool = Field(False, description="see windows relative to their last value "
+                           "and predict the change from it")
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=1)
     patience: int = Field(5, ge=1)
@@ -189,7 +191,8 @@ def train(series: Sequence[Series], cfg: TrainConfig, source: str) -> TrainOutco
     log.info("training_started", keys=len(per_key), train_windows=len(x_train),
              val_windows=len(x_val), window=cfg.window, units=cfg.units, layers=cfg.layers,
              steps=cfg.steps)
-    spec = nw.NetworkSpec(cfg.window, cfg.units, cfg.layers, cfg.dropout, cfg.steps)
+    spec = nw.NetworkSpec(cfg.window, cfg.units, cfg.layers, cfg.dropout, cfg.steps,
+                          cfg.relative)
     network = nw.build_network(spec)
     fit = nw.fit_network(
         network, (x_train, y_train), (x_val, y_val), epochs=cfg.epochs,

@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_at_least(1), default=1,
                    help="values predicted ahead (l); above 1 each row is scored by its l errors")
     p.add_argument("--retrain", choices=["doubling", "none"], default="doubling")
+    p.add_argument("--relative", action="store_true",
+                   help="the network sees each window relative to its last value and "
+                   "predicts the change from it")
     p.add_argument("--horizon", type=_at_least(0), default=0,
                    help="fit the error Gaussian on the last N errors (0: the trained one)")
     p.add_argument("--smooth", type=_at_least(1), default=1,
@@ -276,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--likelihood", type=_at_least(0), default=0,
                    help="score how unusual the recent average score is against the last N "
                    "rows of scores (Numenta's anomaly likelihood; 0: off)")
+    p.add_argument("--calibrate", type=_quantile, default=0.0,
+                   help="score |z| against this quantile of the key's recent |z| "
+                   "(e.g. 0.999; 0: off)")
+    p.add_argument("--calibrate-rows", type=_at_least(100), default=2000,
+                   help="rows of recent errors for --calibrate")
     p.add_argument("--likelihood-avg", type=_at_least(1), default=10,
                    help="rows averaged into the recent score for --likelihood")
     p.add_argument("--sweep", action="store_true",
@@ -335,6 +343,17 @@ def _at_least(low: float, kind: type = int) -> Callable[[str], Any]:
         return value
 
     return parse
+
+
+def _quantile(text: str) -> float:
+    """An argparse type: 0 (off) or a quantile strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value == 0 or 0 < value < 1):
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or between 0 and 1, got {text}")
+    return value
 
 
 def _above(low: float) -> Callable[[str], float]:

@@ -63,12 +63,21 @@ class EvalConfig:
     retrain: str = "doubling"  # or "none"
     seed: int = 0
     steps: int = 1
+    relative: bool = False
 
 
-def _train(series: Series, cfg: EvalConfig) -> Any:
-    tc = TrainConfig(name="nab", window=cfg.window, units=cfg.units, epochs=cfg.epochs,
+def series_window(cfg: EvalConfig, probation: int) -> int:
+    """The window for one series: `cfg.window`, or a quarter of the probationary rows
+    when that is shorter, since training needs at least four windows' worth of rows (the
+    shortest NAB series has 186 probationary rows). Kept for the series' retrainings so
+    that every model reads the same stretch of history."""
+    return max(2, min(cfg.window, probation // 4))
+
+
+def _train(series: Series, cfg: EvalConfig, window: int | None = None) -> Any:
+    tc = TrainConfig(name="nab", window=window or cfg.window, units=cfg.units, epochs=cfg.epochs,
                      batch_size=32, patience=5, train_frac=0.7, val_frac=0.25, seed=cfg.seed,
-                     steps=cfg.steps, verbose=0)
+                     steps=cfg.steps, relative=cfg.relative, verbose=0)
     outcome = train([series], tc, "nab")
     return loaded_from_outcome(outcome, Path("."))
 
@@ -119,7 +128,8 @@ def file_errors(cf: CorpusFile, cfg: EvalConfig, first_model: Any = None) -> Fil
     ts = (cf.timestamps.astype("datetime64[ms]").astype(np.int64))
     series = Series("s", ts, cf.values.astype(np.float64))
     probation = probation_length(n)
-    engine = Engine(first_model or _train(series.slice(0, probation), cfg))
+    window = series_window(cfg, probation)
+    engine = Engine(first_model or _train(series.slice(0, probation), cfg, window))
     errors = np.full(n, np.nan)
     mean = np.zeros(n)
     var = np.ones(n)
@@ -131,7 +141,7 @@ def file_errors(cf: CorpusFile, cfg: EvalConfig, first_model: Any = None) -> Fil
     start = 0
     for stop in boundaries:
         if start >= probation:
-            engine.set_model(_train(series.slice(0, start), cfg))
+            engine.set_model(_train(series.slice(0, start), cfg, window))
         batch = [Observation("s", int(ts[i]), float(cf.values[i]), 0, i)
                  for i in range(start, stop)]
         profile = engine.model.metadata.profiles["s"]
@@ -160,6 +170,8 @@ def cache_path(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> Path:
     key = f"w{cfg.window}-u{cfg.units}-e{cfg.epochs}-{cfg.retrain}-s{cfg.seed}"
     if cfg.steps > 1:
         key += f"-l{cfg.steps}"
+    if cfg.relative:
+        key += "-rel"
     return cache_dir / key / (cf.name.replace("/", "__") + ".npz")
 
 
@@ -209,9 +221,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise DataError("none of the chosen files has a labelled anomaly window; NAB's "
                         "scores are normalised by the windows, so add at least one such file")
     cfg = EvalConfig(window=args.window, units=args.units, epochs=args.epochs,
-                     retrain=args.retrain, seed=args.seed, steps=args.steps)
+                     retrain=args.retrain, seed=args.seed, steps=args.steps,
+                     relative=args.relative)
     pp = PostProcess(horizon=args.horizon, smooth=args.smooth, group=args.group,
-                     likelihood=args.likelihood, likelihood_avg=args.likelihood_avg)
+                     likelihood=args.likelihood, likelihood_avg=args.likelihood_avg,
+                     calibrate=args.calibrate, calibrate_rows=args.calibrate_rows)
     out_dir: Path = args.out_dir
     started = time.monotonic()
     errors: dict[str, FileErrors] = {}
@@ -258,12 +272,15 @@ def sweep(names: list[str], corpus: dict[str, CorpusFile], errors: dict[str, Fil
           nab_dir: Path) -> list[dict[str, Any]]:
     """Post-processing variants on the same cached errors: the path to the chosen one."""
     rows = []
-    # Likelihood: off, or Numenta's defaults (8640 rows of history, averages of 10).
-    for likelihood in (0, 8640):
+    # The score of a row's |z|: the Gaussian tail score itself, Numenta's likelihood over
+    # it (their defaults: 8640 rows of history, averages of 10), or the tail calibrated
+    # against the key's recent one-in-a-thousand error.
+    transforms: list[dict[str, Any]] = [{}, {"likelihood": 8640}, {"calibrate": 0.999}]
+    for transform in transforms:
         for horizon in (0, 500, 2000):
             for smooth in (1, 3, 10):
                 for group in (0, 50, 200):
-                    pp = PostProcess(horizon, smooth, group, likelihood)
+                    pp = PostProcess(horizon, smooth, group, **transform)
                     r = nab_scores(names, corpus, errors, pp, nab_dir)
                     rows.append({**pp.__dict__, **{p: r[p] for p in PROFILES}})
                     print(f"  {pp.label():55s} "

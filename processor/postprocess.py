@@ -7,6 +7,11 @@ Pure and causal: the score of row t uses rows up to t only. The steps, each opti
   stops looking anomalous after a while, as operators expect;
 - `smooth`: average |z| over the last `smooth` rows, so one noisy error does not fire but
   a run of large ones does (telemanom smooths errors the same way);
+- `calibrate`: score |z| against this key's own recent errors, r = |z| / (the `calibrate`
+  quantile of the last `calibrate_rows` |z|), reported as r / (1 + r): 0.5 is an error as
+  large as the key's recent one-in-a-thousand (for 0.999). The Gaussian's tail
+  probability is then read relative to how heavy this key's tails turned out to be,
+  which is what one corpus-wide alert threshold needs;
 - `group`: a row only counts when its score exceeds every score of the previous `group`
   rows, so one incident raises one alert rather than a burst.
 
@@ -37,9 +42,13 @@ class PostProcess:
     group: int = 0
     likelihood: int = 0  # rows of score history; 0: report the tail score itself
     likelihood_avg: int = 10
+    calibrate: float = 0.0  # quantile of recent |z| that scores 0.5; 0: off
+    calibrate_rows: int = 2000
 
     def label(self) -> str:
         text = f"horizon={self.horizon} smooth={self.smooth} group={self.group}"
+        if self.calibrate:
+            text += f" calibrate={self.calibrate}/{self.calibrate_rows}"
         if self.likelihood:
             text += f" likelihood={self.likelihood}/{self.likelihood_avg}"
         return text
@@ -83,12 +92,33 @@ def scores_from_z(z: F64, pp: PostProcess) -> F64:
     """Smoothing, tail score and grouping of per-row |z| (NaN: no error, score 0)."""
     if pp.smooth > 1:
         z = pd.Series(z).rolling(pp.smooth, min_periods=1).mean().to_numpy()
-    out = np.nan_to_num(tail_score(z), nan=0.0)
+    if pp.calibrate:
+        out = calibrated_score(z, pp.calibrate, pp.calibrate_rows)
+    else:
+        out = np.nan_to_num(tail_score(z), nan=0.0)
     if pp.likelihood > 0:
         out = log_likelihood(out, pp.likelihood, pp.likelihood_avg)
     if pp.group > 0:
         out = group_incidents(out, pp.group)
     return out
+
+
+#: Past errors needed before `calibrated_score` reports anything (a quantile of fewer
+#: rows would be one of the few largest errors seen, i.e. noise).
+CALIBRATION_MIN_ROWS = 100
+
+
+def calibrated_score(z: F64, quantile: float, rows: int) -> F64:
+    """r / (1 + r), r = |z| over the `quantile` of the previous `rows` |z| (causal).
+
+    Monotone in |z| at each row, so in log-PD. Scale-free: a key whose errors are all
+    twice as large scores the same. NaN (no error, or too little history) scores 0.
+    """
+    s = pd.Series(np.abs(z))
+    past = s.shift(1).rolling(rows, min_periods=CALIBRATION_MIN_ROWS)
+    ref = past.quantile(quantile, interpolation="linear").to_numpy()
+    r = s.to_numpy() / np.maximum(ref, MIN_VARIANCE)
+    return np.asarray(np.nan_to_num(r / (1.0 + r), nan=0.0))
 
 
 #: Floor on the variance of averaged scores (as in Numenta's anomaly likelihood), so a

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from processor.postprocess import (
+    CALIBRATION_MIN_ROWS,
     PostProcess,
+    calibrated_score,
     group_incidents,
     log_likelihood,
     scores,
@@ -74,3 +76,34 @@ def test_scores_with_likelihood_stay_in_unit_interval() -> None:
     out = scores(e, np.zeros(3000), np.ones(3000), pp)
     assert np.all((out >= 0) & (out <= 1))
     assert out[2000:2010].max() > np.quantile(out[1000:2000], 0.99)
+
+
+def test_calibrated_score_is_causal_scale_free_and_monotone() -> None:
+    rng = np.random.default_rng(4)
+    z = np.abs(rng.normal(size=3000))
+    base = calibrated_score(z, 0.999, 1000)
+    # Nothing before there is enough history; afterwards only past rows matter.
+    assert np.all(base[: CALIBRATION_MIN_ROWS] == 0.0)
+    changed = z.copy()
+    changed[2000:] += 30.0
+    np.testing.assert_array_equal(calibrated_score(changed, 0.999, 1000)[:2001] > 0.8,
+                                  np.arange(2001) == 2000)
+    # A key whose errors are all 7 times larger scores the same.
+    np.testing.assert_allclose(calibrated_score(7 * z, 0.999, 1000), base, rtol=1e-12)
+    # At one row, a larger error scores higher, and the recent 1-in-1000 error scores 0.5.
+    ref = np.quantile(z[1999 - 1000 : 1999], 0.999)
+    probe = z.copy()
+    probe[1999] = ref
+    assert abs(calibrated_score(probe, 0.999, 1000)[1999] - 0.5) < 1e-9
+    probe[1999] = 2 * ref
+    assert calibrated_score(probe, 0.999, 1000)[1999] > 0.66
+
+
+def test_calibration_replaces_the_tail_score_in_the_pipeline() -> None:
+    rng = np.random.default_rng(5)
+    e = rng.normal(size=1500)
+    mean, var = np.zeros(1500), np.ones(1500)
+    plain = scores(e, mean, var, PostProcess())
+    calibrated = scores(e, mean, var, PostProcess(calibrate=0.99, calibrate_rows=500))
+    np.testing.assert_allclose(calibrated, calibrated_score(np.abs(e), 0.99, 500))
+    assert not np.allclose(plain, calibrated)

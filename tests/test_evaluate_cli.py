@@ -1,0 +1,53 @@
+"""`anomaly evaluate`'s options: parsed, validated in one line, and kept apart in the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from processor.cli import build_parser
+from processor.evaluate import EvalConfig, cache_path, series_window
+from processor.nab.corpus import CorpusFile
+
+
+def test_calibration_flags_parse() -> None:
+    args = build_parser().parse_args(["evaluate", "--calibrate", "0.999",
+                                      "--calibrate-rows", "500"])
+    assert (args.calibrate, args.calibrate_rows) == (0.999, 500)
+    args = build_parser().parse_args(["evaluate"])
+    assert (args.calibrate, args.calibrate_rows, args.relative) == (0.0, 2000, False)
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--calibrate", "1.5", "between 0 and 1"),
+    ("--calibrate", "-0.1", "between 0 and 1"),
+    ("--calibrate", "high", "is not a number"),
+    ("--calibrate-rows", "50", "100"),
+])
+def test_bad_calibration_values_are_one_line_errors(
+    flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["evaluate", flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in err and "Traceback" not in err
+
+
+def test_window_is_capped_by_the_probationary_rows() -> None:
+    cfg = EvalConfig(window=96)
+    assert series_window(cfg, 750) == 96
+    assert series_window(cfg, 186) == 46  # the shortest NAB series
+    assert series_window(EvalConfig(window=30), 186) == 30
+
+
+def test_model_variants_do_not_share_cached_errors(tmp_path: Path) -> None:
+    cf = CorpusFile("realKnownCause/nyc_taxi.csv", np.array([], "datetime64[ms]"),
+                    np.array([]), [])
+    keys = {cache_path(cf, cfg, tmp_path).parent.name for cfg in (
+        EvalConfig(), EvalConfig(relative=True), EvalConfig(steps=3), EvalConfig(window=96))}
+    assert len(keys) == 4
+    # The plain one-step key is unchanged, so earlier caches stay valid.
+    assert cache_path(cf, EvalConfig(), tmp_path).parent.name == "w30-u32-e30-doubling-s0"

@@ -39,6 +39,7 @@ from processor.nab.corpus import (
     write_results,
 )
 from processor.nab.scoring import (
+    OUTSIDE,
     normalise,
     null_score,
     perfect_score,
@@ -204,6 +205,11 @@ def nab_scores(names: list[str], corpus: dict[str, CorpusFile],
         result = score_corpus(prepared, cost)
         out[profile] = round(result.normalised, 2)
         out[f"{profile}_threshold"] = result.threshold
+        # What the score is made of: windows with a detection, and detections outside.
+        out[f"{profile}_windows_detected"] = sum(
+            len(np.unique(f.window_id[(f.scores >= result.threshold) & (f.window_id != OUTSIDE)]))
+            for f in prepared.values())
+        out[f"{profile}_fp_rows"] = sum(fs.fp for fs in result.files.values())
         for n, fs in result.files.items():
             out["per_file"].setdefault(n, {})[profile] = round(fs.score, 4)
         _check(result.raw, null_score(n_windows, cost), perfect_score(n_windows, cost),
@@ -300,5 +306,9 @@ def print_report(summary: dict[str, Any]) -> None:
     print(f"\nnormalised NAB score over {summary['files']} files ({summary['windows']} windows):")
     print(f"{'detector':20s} " + " ".join(f"{p[:18]:>18s}" for p in profiles))
     print(f"{'this (LSTM)':20s} " + " ".join(f"{summary[p]:18.1f}" for p in profiles))
+    print(f"{'  windows detected':20s} " + " ".join(
+        f"{summary[p + '_windows_detected']:>13d} of {summary['windows']:<2d}" for p in profiles))
+    print(f"{'  rows outside them':20s} " + " ".join(
+        f"{summary[p + '_fp_rows']:18d}" for p in profiles))
     for det, published in summary.get("published_same_files", {}).items():
         print(f"{det:20s} " + " ".join(f"{published[p]:18.1f}" for p in profiles))

@@ -10,6 +10,7 @@ import pytest
 from processor.cli import build_parser
 from processor.evaluate import EvalConfig, cache_path, series_window
 from processor.nab.corpus import CorpusFile
+from processor.postprocess import PostProcess
 
 
 def test_calibration_flags_parse() -> None:
@@ -51,3 +52,19 @@ def test_model_variants_do_not_share_cached_errors(tmp_path: Path) -> None:
     assert len(keys) == 4
     # The plain one-step key is unchanged, so earlier caches stay valid.
     assert cache_path(cf, EvalConfig(), tmp_path).parent.name == "w30-u32-e30-doubling-s0"
+
+
+def test_scores_say_how_many_windows_were_detected_and_rows_outside_them() -> None:
+    from processor.evaluate import FileErrors, nab_scores
+    from tests.nab_data import NAB_DIR
+
+    n = 1000
+    error = np.zeros(n)
+    error[[520, 800]] = 50.0  # one row inside the window, one far outside any
+    cf = CorpusFile("a/x.csv", np.arange(n).astype("datetime64[m]"), np.zeros(n),
+                    [(500, 549), (600, 649)])
+    fe = FileErrors(error, np.zeros(n), np.ones(n))
+    out = nab_scores(["a/x.csv"], {"a/x.csv": cf}, {"a/x.csv": fe}, PostProcess(), NAB_DIR)
+    for profile in ("standard", "reward_low_FP_rate", "reward_low_FN_rate"):
+        assert out[f"{profile}_windows_detected"] == 1
+        assert out[f"{profile}_fp_rows"] == 1

@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_at_least(1), default=1,
                    help="values predicted ahead (l); above 1 each row is scored by its l errors")
     p.add_argument("--retrain", choices=["doubling", "none"], default="doubling")
+    p.add_argument("--persistence", action="store_true",
+                   help="score the persistence forecast's errors instead of the LSTM's "
+                   "(a baseline: what the network adds)")
     p.add_argument("--relative", action="store_true",
                    help="the network sees each window relative to its last value and "
                    "predicts the change from it")

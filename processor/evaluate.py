@@ -30,6 +30,7 @@ from processor.bench import machine
 from processor.dataset import DataError, Series
 from processor.detect import loaded_from_outcome
 from processor.engine import SCORED, Engine, Observation
+from processor.gaussian import Gaussian
 from processor.nab.corpus import (
     CorpusFile,
     data_files,
@@ -167,6 +168,22 @@ def file_errors(cf: CorpusFile, cfg: EvalConfig, first_model: Any = None) -> Fil
     return FileErrors(errors, mean, var, vectors, vector_mean, cov)
 
 
+def persistence_errors(cf: CorpusFile) -> FileErrors:
+    """The errors of the persistence forecast (next value = this value), as a baseline.
+
+    Scaled and modelled as the LSTM's are: by the probationary values' spread and an ML
+    Gaussian of the probationary errors; the same post-processing then applies, so the
+    difference between the two is what the network adds. No training, no cache.
+    """
+    v = cf.values.astype(np.float64)
+    probation = probation_length(len(v))
+    scale = float(v[:probation].std()) or 1.0
+    error = np.full(len(v), np.nan)
+    error[1:] = np.diff(v) / scale
+    fitted = Gaussian.fit(error[1:probation])
+    return FileErrors(error, np.full(len(v), fitted.mean), np.full(len(v), fitted.var))
+
+
 def cache_path(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> Path:
     key = f"w{cfg.window}-u{cfg.units}-e{cfg.epochs}-{cfg.retrain}-s{cfg.seed}"
     if cfg.steps > 1:
@@ -235,10 +252,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     out_dir: Path = args.out_dir
     started = time.monotonic()
     errors: dict[str, FileErrors] = {}
-    cached = sum(cache_path(corpus[n], cfg, out_dir / "cache").exists() for n in names)
+    cached = 0 if args.persistence else sum(
+        cache_path(corpus[n], cfg, out_dir / "cache").exists() for n in names)
+    detector = "persistence" if args.persistence else "lstm"
     for i, name in enumerate(names, 1):
         t0 = time.monotonic()
-        errors[name] = cached_errors(corpus[name], cfg, out_dir / "cache")
+        errors[name] = (persistence_errors(corpus[name]) if args.persistence
+                        else cached_errors(corpus[name], cfg, out_dir / "cache"))
         elapsed = time.monotonic() - started
         print(f"[{i}/{len(names)}] {name}: {len(corpus[name].values)} rows in "
               f"{time.monotonic() - t0:.0f} s (elapsed {elapsed / 60:.1f} min, about "
@@ -247,12 +267,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result = nab_scores(names, corpus, errors, pp, nab_dir)
     for name in names:
         cf = corpus[name]
-        write_results(out_dir / "results" / Path(name).parent / f"lstm_{Path(name).name}",
+        write_results(out_dir / "results" / Path(name).parent / f"{detector}_{Path(name).name}",
                       cf.timestamps, cf.values, result["per_row"][name], cf.windows)
     summary: dict[str, Any] = {
         "command": "anomaly evaluate " + shlex.join(sys.argv[2:]),
         "files": len(names), "windows": sum(len(corpus[n].windows) for n in names),
-        "model": cfg.__dict__, "postprocess": pp.__dict__,
+        "model": {"persistence": True} if args.persistence else cfg.__dict__,
+        "postprocess": pp.__dict__,
         **{k: v for k, v in result.items() if k != "per_row"},
         "seconds": round(time.monotonic() - started, 1),
         # Files whose errors (training and streaming, the slow part) came from an earlier
@@ -264,7 +285,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         summary["published_same_files"] = {d: {p: round(v, 2) for p, v in
                                                 published_scores(nab_dir, d).items()}
                                             for d in PUBLISHED}
-    print_report(summary)
+    print_report(summary, "persistence" if args.persistence else "this (LSTM)")
     whole = set(names) == set(data_files(nab_dir))
     out = Path(args.out or ("benchmarks/results/nab-dev.json" if whole
                             else out_dir / "evaluate.json"))
@@ -298,14 +319,14 @@ def _check(raw: float, null: float, perfect: float, normalised: float) -> None:
     assert abs(normalise(raw, null, perfect) - normalised) < 1e-9
 
 
-def print_report(summary: dict[str, Any]) -> None:
+def print_report(summary: dict[str, Any], detector: str = "this (LSTM)") -> None:
     profiles = PROFILES
     print(f"\n{'file':60s} " + " ".join(f"{p[:18]:>18s}" for p in profiles))
     for name, raw in summary["per_file"].items():
         print(f"{name:60s} " + " ".join(f"{raw.get(p, float('nan')):18.3f}" for p in profiles))
     print(f"\nnormalised NAB score over {summary['files']} files ({summary['windows']} windows):")
     print(f"{'detector':20s} " + " ".join(f"{p[:18]:>18s}" for p in profiles))
-    print(f"{'this (LSTM)':20s} " + " ".join(f"{summary[p]:18.1f}" for p in profiles))
+    print(f"{detector:20s} " + " ".join(f"{summary[p]:18.1f}" for p in profiles))
     print(f"{'  windows detected':20s} " + " ".join(
         f"{summary[p + '_windows_detected']:>13d} of {summary['windows']:<2d}" for p in profiles))
     print(f"{'  rows outside them':20s} " + " ".join(

@@ -68,3 +68,21 @@ def test_scores_say_how_many_windows_were_detected_and_rows_outside_them() -> No
     for profile in ("standard", "reward_low_FP_rate", "reward_low_FN_rate"):
         assert out[f"{profile}_windows_detected"] == 1
         assert out[f"{profile}_fp_rows"] == 1
+
+
+def test_persistence_baseline_errors_are_scaled_differences() -> None:
+    from processor.evaluate import persistence_errors
+    from processor.nab.scoring import probation_length
+
+    rng = np.random.default_rng(6)
+    values = np.cumsum(rng.normal(size=1000)) + 100.0
+    cf = CorpusFile("a/x.csv", np.arange(1000).astype("datetime64[m]"), values, [])
+    fe = persistence_errors(cf)
+    p = probation_length(1000)
+    scale = values[:p].std()
+    assert np.isnan(fe.error[0])
+    np.testing.assert_allclose(fe.error[1:], np.diff(values) / scale)
+    # The Gaussian is the ML fit of the probationary errors only.
+    np.testing.assert_allclose(fe.mean, np.mean(np.diff(values[:p]) / scale))
+    np.testing.assert_allclose(fe.var, np.var(np.diff(values[:p]) / scale))
+    assert build_parser().parse_args(["evaluate", "--persistence"]).persistence

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import threading
@@ -34,8 +35,9 @@ def _add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel],
     for name, info in model.model_fields.items():
         if name in skip:
             continue
+        about = f"{info.description}; " if info.description else ""
         parser.add_argument("--" + name.replace("_", "-"), dest=f"cfg_{name}", default=None,
-                            metavar="VALUE", help=f"default {info.default!r}")
+                            metavar="VALUE", help=f"{about}default {info.default!r}")
 
 
 def _model_from_args(model: type[BaseModel], args: argparse.Namespace,
@@ -124,6 +126,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from processor.evaluate import run_evaluate
 
     settings = settings_from_args(args)
+    if args.setting_log_level is None and "ANOMALY_LOG_LEVEL" not in os.environ:
+        # Hundreds of trainings log every epoch; the progress lines are what matters here.
+        settings = settings.model_copy(update={"log_level": "WARNING"})
     _configure_logs(settings)
     return run_evaluate(args)
 
@@ -261,9 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nab-dir", type=Path, default=_default_nab_dir(),
                    help="folder with data/<category>/*.csv, labels/, config/")
     p.add_argument("--files", nargs="+", help="subset, e.g. realKnownCause/nyc_taxi.csv")
-    p.add_argument("--window", type=int, default=30)
-    p.add_argument("--units", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--window", type=_at_least(2, high=5000), default=30,
+                   help="rows per window, capped per series at a quarter of its "
+                   "probationary rows")
+    p.add_argument("--units", type=_at_least(1, high=1024), default=32)
+    p.add_argument("--epochs", type=_at_least(1, high=10_000), default=30)
     p.add_argument("--steps", type=_at_least(1), default=1,
                    help="values predicted ahead (l); above 1 each row is scored by its l errors")
     p.add_argument("--retrain", choices=["doubling", "none"], default="doubling")
@@ -291,10 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows averaged into the recent score for --likelihood")
     p.add_argument("--sweep", action="store_true",
                    help="also score a grid of post-processing variants on the same errors")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_at_least(0, high=2**32 - 1), default=0)
     p.add_argument("--out", type=Path, default=None,
-                   help="summary JSON (default: benchmarks/results/nab-dev.json for the "
-                   "whole corpus, <out-dir>/evaluate.json for a subset)")
+                   help="summary JSON (default: <out-dir>/evaluate.json)")
     p.add_argument("--out-dir", type=Path, default=Path("out/nab"))
     add_settings_flags(p, ["log_level", "log_json"])
     p.set_defaults(func=cmd_evaluate)
@@ -331,18 +337,26 @@ def _ab_setting(text: str) -> str:
     return text
 
 
-def _at_least(low: float, kind: type = int) -> Callable[[str], Any]:
-    """An argparse type: a number not below `low` (argparse turns the error into one line)."""
+#: Upper bound on row counts and sizes given on the command line: far above any real
+#: series, and below the sizes where numpy and pandas fail with overflow errors.
+MAX_COUNT = 10**9
+
+
+def _at_least(low: float, kind: type = int, high: float = MAX_COUNT) -> Callable[[str], Any]:
+    """An argparse type: a number in [low, high] (argparse turns the error into one line)."""
 
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:g}, got {text}")
         return value
 
     return parse

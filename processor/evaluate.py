@@ -14,7 +14,9 @@ equivalent |z| of its Mahalanobis distance (see `processor.postprocess`).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import shlex
 import sys
 import time
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 import structlog
 
 from processor.bench import machine
@@ -36,6 +39,7 @@ from processor.nab.corpus import (
     data_files,
     load_corpus,
     load_profiles,
+    load_window_limits,
     published_scores,
     write_results,
 )
@@ -193,20 +197,42 @@ def cache_path(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> Path:
     return cache_dir / key / (cf.name.replace("/", "__") + ".npz")
 
 
-def cached_errors(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> FileErrors:
-    """The expensive part (training, streaming) once per series and model settings.
+def _cached(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> bool:
+    path = cache_path(cf, cfg, cache_dir)
+    if not path.exists():
+        return False
+    with np.load(path) as data:
+        return "fingerprint" in data.files and str(data["fingerprint"]) == fingerprint(cf)
 
-    One-step caches keep their original key and format (steps = 1 is implied); l-step ones
-    add `-l<steps>` to the key and the vector arrays to the file.
+
+def fingerprint(cf: CorpusFile) -> str:
+    """A digest of the series' timestamps and values: a cache entry is only used for the
+    data it was computed from (same file name, edited data: recomputed)."""
+    digest = hashlib.sha256(np.ascontiguousarray(cf.timestamps).tobytes())
+    digest.update(np.ascontiguousarray(cf.values, np.float64).tobytes())
+    return digest.hexdigest()
+
+
+def cached_errors(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> FileErrors:
+    """The expensive part (training, streaming) once per series, data and model settings.
+
+    One-step caches keep their original key (steps = 1 is implied); l-step ones add
+    `-l<steps>` to the key and the vector arrays to the file. Each entry carries the
+    data's fingerprint; an entry for other data, or one without it, is recomputed.
     """
     path = cache_path(cf, cfg, cache_dir)
+    wanted = fingerprint(cf)
     if path.exists():
         with np.load(path) as data:
-            return FileErrors(**{name: data[name] for name in data.files})
+            stored = {name: data[name] for name in data.files}
+        if str(stored.pop("fingerprint", "")) == wanted:
+            return FileErrors(**stored)
+        log.warning("cache_entry_recomputed", path=str(path),
+                    reason="computed from other data or before fingerprints")
     fe = file_errors(cf, cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f.name: getattr(fe, f.name) for f in fields(fe) if getattr(fe, f.name) is not None}
-    np.savez(path, **arrays)
+    np.savez(path, fingerprint=np.array(wanted), **arrays)
     return fe
 
 
@@ -234,12 +260,70 @@ def nab_scores(names: list[str], corpus: dict[str, CorpusFile],
     return out
 
 
+def checked_corpus(nab_dir: Path, names: list[str]) -> dict[str, CorpusFile]:
+    """The chosen series, each checked before any training: a bad file is one line
+    naming it, not a traceback (or a wrong score) a quarter of an hour later."""
+    try:
+        load_window_limits(nab_dir)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{nab_dir / 'labels' / 'combined_windows.json'}: unreadable "
+                        f"windows file ({exc})") from None
+    try:
+        load_profiles(nab_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{nab_dir / 'config' / 'profiles.json'}: NAB's scoring profiles "
+                        f"are needed ({exc})") from None
+    corpus: dict[str, CorpusFile] = {}
+    for name in names:
+        path = nab_dir / "data" / name
+        if not path.is_file():
+            raise DataError(f"{path}: no such data file (names are relative to data/, "
+                            "e.g. realKnownCause/nyc_taxi.csv)")
+        try:
+            cf = load_corpus(nab_dir, [name])[name]
+        except (ValueError, KeyError, UnicodeDecodeError, pd.errors.ParserError,
+                pd.errors.EmptyDataError) as exc:
+            raise DataError(f"{path}: not a timestamp,value CSV ({type(exc).__name__}: "
+                            f"{exc})") from None
+        bad = np.flatnonzero(~np.isfinite(cf.values))
+        if len(bad):
+            raise DataError(f"{path}: row {bad[0] + 2} has no finite value "
+                            f"({len(bad)} such rows)")
+        order = np.flatnonzero(np.diff(cf.timestamps) <= np.timedelta64(0, "ns"))
+        if len(order):
+            # NAB's own files have a few (ec2_disk_write_bytes_1ef3de: 11); the engine
+            # skips them as the stream processor does, so they are noted, not refused.
+            print(f"note: {name}: {len(order)} rows whose timestamp does not increase "
+                  f"(first: row {order[0] + 3}) are skipped unscored", flush=True)
+        corpus[name] = cf
+    return corpus
+
+
+def _writable(out: Path) -> Path:
+    """Fail before the long work if the results file cannot be written."""
+    blocking = next((d for d in out.parents if d.exists() and not d.is_dir()), None)
+    if blocking is not None:
+        raise DataError(f"cannot write results to {out}: {blocking} is a file, not a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot write results to {out}: {exc.strerror or exc}") from None
+    if out.is_dir() or not os.access(out.parent, os.W_OK) or (
+            out.exists() and not os.access(out, os.W_OK)):
+        raise DataError(f"cannot write results to {out}: not a writable file")
+    return out
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     nab_dir: Path = args.nab_dir
     if not (nab_dir / "data").is_dir():
         raise DataError(f"{nab_dir} is not a folder in NAB's layout (no data/ in it)")
     names = args.files or data_files(nab_dir)
-    corpus = load_corpus(nab_dir, names)
+    if not names:
+        raise DataError(f"{nab_dir / 'data'} holds no <category>/<name>.csv files")
+    corpus = checked_corpus(nab_dir, names)
+    whole = set(names) == set(data_files(nab_dir))
+    out = _writable(Path(args.out or args.out_dir / "evaluate.json"))
     if not any(corpus[n].windows for n in names):
         raise DataError("none of the chosen files has a labelled anomaly window; NAB's "
                         "scores are normalised by the windows, so add at least one such file")
@@ -253,7 +337,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     started = time.monotonic()
     errors: dict[str, FileErrors] = {}
     cached = 0 if args.persistence else sum(
-        cache_path(corpus[n], cfg, out_dir / "cache").exists() for n in names)
+        _cached(corpus[n], cfg, out_dir / "cache") for n in names)
     detector = "persistence" if args.persistence else "lstm"
     for i, name in enumerate(names, 1):
         t0 = time.monotonic()
@@ -281,18 +365,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "files_from_cache": cached, "machine": machine()}
     if args.sweep:
         summary["sweep"] = sweep(names, corpus, errors, nab_dir)
-    if set(names) == set(data_files(nab_dir)):
-        summary["published_same_files"] = {d: {p: round(v, 2) for p, v in
-                                                published_scores(nab_dir, d).items()}
-                                            for d in PUBLISHED}
+    if whole:
+        # The published detectors' per-file score tables, where the folder has them
+        # (NAB's own checkout does; a folder of one's own series need not).
+        published = {d: _published(nab_dir, d) for d in PUBLISHED}
+        summary["published_same_files"] = {d: v for d, v in published.items() if v}
     print_report(summary, "persistence" if args.persistence else "this (LSTM)")
-    whole = set(names) == set(data_files(nab_dir))
-    out = Path(args.out or ("benchmarks/results/nab-dev.json" if whole
-                            else out_dir / "evaluate.json"))
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"written: {out}; per-row results in NAB's format under {out_dir / 'results'}")
     return 0
+
+
+def _published(nab_dir: Path, detector: str) -> dict[str, float]:
+    """A published detector's scores over these files, or {} when the folder lacks them."""
+    try:
+        return {p: round(v, 2) for p, v in published_scores(nab_dir, detector).items()}
+    except (OSError, ValueError, KeyError):
+        return {}
 
 
 def sweep(names: list[str], corpus: dict[str, CorpusFile], errors: dict[str, FileErrors],

@@ -66,6 +66,12 @@ def tail_score(z: F64) -> F64:
     return np.asarray(u / (1.0 + u))
 
 
+def _min_rows(horizon: int) -> int:
+    """Past errors needed before a rolling fit replaces the trained Gaussian: a quarter
+    of the horizon, at least 10, and never more than the horizon holds."""
+    return min(horizon, max(10, horizon // 4))
+
+
 def standardised(errors: F64, mean: F64, var: F64, horizon: int) -> F64:
     """z of each error under the model's Gaussian, or a rolling one of the last rows.
 
@@ -74,7 +80,7 @@ def standardised(errors: F64, mean: F64, var: F64, horizon: int) -> F64:
     if horizon <= 0:
         return np.asarray((errors - mean) / np.sqrt(var))
     s = pd.Series(errors)
-    past = s.shift(1).rolling(horizon, min_periods=max(10, horizon // 4))
+    past = s.shift(1).rolling(horizon, min_periods=_min_rows(horizon))
     mu = past.mean().to_numpy()
     sd = past.std(ddof=0).to_numpy()
     # Until enough past errors exist, fall back to the trained Gaussian.
@@ -137,7 +143,8 @@ def log_likelihood(raw: F64, history: int, avg: int) -> F64:
     """
     s = pd.Series(raw)
     short = s.rolling(avg, min_periods=1).mean()
-    past = short.shift(1).rolling(history, min_periods=max(avg * 2, min(history, 100)))
+    past = short.shift(1).rolling(history,
+                                  min_periods=min(history, max(avg * 2, min(history, 100))))
     mu = past.mean().to_numpy()
     var = np.maximum(past.var(ddof=0).to_numpy(), LIKELIHOOD_MIN_VAR)
     zz = (short.to_numpy() - mu) / np.sqrt(var)
@@ -211,13 +218,13 @@ def standardised_vectors(errors: F64, mean: F64, cov: F64, horizon: int) -> F64:
     """Equivalent |z| of each error vector under the model's Gaussian or a rolling one.
 
     `mean` (n, l) and `cov` (n, l, l) are the trained Gaussian active at each row. With a
-    horizon, rows with at least max(10, horizon // 4) earlier vectors in the last
+    horizon, rows with at least `_min_rows(horizon)` earlier vectors in the last
     `horizon` rows and a positive definite estimate use the rolling fit instead.
     """
     dims = errors.shape[1]
     if horizon > 0:
         r_mean, r_cov, count = rolling_gaussians(errors, horizon)
-        ok = np.asarray(count >= max(10, horizon // 4))
+        ok = np.asarray(count >= _min_rows(horizon))
         if ok.any():
             ok[ok] = np.linalg.eigvalsh(r_cov[ok])[:, 0] > MIN_VARIANCE
         mean = np.where(ok[:, None], r_mean, mean)

@@ -86,3 +86,58 @@ def test_persistence_baseline_errors_are_scaled_differences() -> None:
     np.testing.assert_allclose(fe.mean, np.mean(np.diff(values[:p]) / scale))
     np.testing.assert_allclose(fe.var, np.var(np.diff(values[:p]) / scale))
     assert build_parser().parse_args(["evaluate", "--persistence"]).persistence
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--horizon", "99999999999999999999", "at most"),
+    ("--group", "1e30", "not a whole number"),
+    ("--seed", "-1", "at least 0"),
+    ("--window", "0", "at least 2"),
+    ("--units", "100000", "at most"),
+])
+def test_out_of_range_model_and_row_flags_are_one_line_errors(
+    flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evaluate", flag, value])
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def _nab_folder(root: Path, csv: str) -> Path:
+    from tests.nab_data import NAB_DIR
+
+    (root / "data" / "c").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "config").mkdir()
+    (root / "config" / "profiles.json").write_text(
+        (NAB_DIR / "config" / "profiles.json").read_text())
+    (root / "labels" / "combined_windows.json").write_text('{"c/x.csv": []}')
+    (root / "data" / "c" / "x.csv").write_text(csv)
+    return root
+
+
+@pytest.mark.parametrize("csv,message", [
+    ("timestamp,value\n2020-01-01 00:00:00,1\n2020-01-01 00:05:00,abc\n", "not a timestamp"),
+    ("timestamp,reading\n2020-01-01 00:00:00,1\n", "not a timestamp"),
+    ("", "not a timestamp"),
+    ("timestamp,value\nnotatime,1\n", "not a timestamp"),
+    ("timestamp,value\n2020-01-01 00:00:00,1\n2020-01-01 00:05:00,\n", "row 3 has no finite"),
+])
+def test_bad_data_files_are_refused_before_training(tmp_path: Path, csv: str,
+                                                    message: str) -> None:
+    from processor.dataset import DataError
+    from processor.evaluate import checked_corpus
+
+    root = _nab_folder(tmp_path, csv)
+    with pytest.raises(DataError) as exc:
+        checked_corpus(root, ["c/x.csv"])
+    assert message in str(exc.value) and "x.csv" in str(exc.value)
+
+
+def test_a_folder_without_published_tables_has_no_comparison(tmp_path: Path) -> None:
+    from processor.evaluate import _published
+    from tests.nab_data import NAB_DIR
+
+    root = _nab_folder(tmp_path, "timestamp,value\n2020-01-01 00:00:00,1\n")
+    assert _published(root, "numenta") == {}
+    assert _published(NAB_DIR, "numenta")["standard"] > 0

@@ -107,3 +107,16 @@ def test_calibration_replaces_the_tail_score_in_the_pipeline() -> None:
     calibrated = scores(e, mean, var, PostProcess(calibrate=0.99, calibrate_rows=500))
     np.testing.assert_allclose(calibrated, calibrated_score(np.abs(e), 0.99, 500))
     assert not np.allclose(plain, calibrated)
+
+
+def test_short_horizons_and_histories_work_rather_than_fail() -> None:
+    rng = np.random.default_rng(7)
+    e = rng.normal(size=300)
+    mean, var = np.zeros(300), np.ones(300)
+    for pp in (PostProcess(horizon=3), PostProcess(likelihood=5),
+               PostProcess(likelihood=1, likelihood_avg=1)):
+        out = scores(e, mean, var, pp)
+        assert out.shape == (300,) and np.all(np.isfinite(out))
+    # A 3-row horizon does refit: it differs from the trained Gaussian's scores.
+    assert not np.allclose(scores(e, mean, var, PostProcess(horizon=3)),
+                           scores(e, mean, var, PostProcess()))

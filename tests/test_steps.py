@@ -252,6 +252,8 @@ def test_error_cache_keeps_the_one_step_format_and_adds_steps(tmp_path, monkeypa
 
     class File:
         name = "cat/x.csv"
+        timestamps = np.arange(n).astype("datetime64[m]")
+        values = np.zeros(n)
 
     for steps, fe in made.items():
         cfg = EvalConfig(steps=steps)
@@ -267,10 +269,39 @@ def test_error_cache_keeps_the_one_step_format_and_adds_steps(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w30-u32-e30-doubling-s0",
                                                           "w30-u32-e30-doubling-s0-l3"]
     with np.load(tmp_path / "w30-u32-e30-doubling-s0" / "cat__x.csv.npz") as data:
-        assert sorted(data.files) == ["error", "mean", "var"]
+        assert sorted(data.files) == ["error", "fingerprint", "mean", "var"]
     pp = PostProcess()
     np.testing.assert_array_equal(one.scores(pp), scores(one.error, one.mean, one.var, pp))
     assert three.scores(pp).shape == (n,)
+
+
+def test_error_cache_is_recomputed_for_other_data(tmp_path, monkeypatch):
+    import processor.evaluate as ev
+
+    n = 20
+    calls = []
+
+    def compute(cf, cfg):
+        calls.append(cf.values.copy())
+        return FileErrors(cf.values.copy(), np.zeros(n), np.ones(n))
+
+    monkeypatch.setattr(ev, "file_errors", compute)
+
+    class File:
+        name = "cat/x.csv"
+        timestamps = np.arange(n).astype("datetime64[m]")
+        values = np.zeros(n)
+
+    cfg = EvalConfig()
+    cached_errors(File(), cfg, tmp_path)
+    cached_errors(File(), cfg, tmp_path)
+    assert len(calls) == 1  # the same data: from the cache
+    edited = File()
+    edited.values = np.ones(n)  # same name and settings, other data
+    got = cached_errors(edited, cfg, tmp_path)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(got.error, np.ones(n))
+    assert ev._cached(edited, cfg, tmp_path) and not ev._cached(File(), cfg, tmp_path)
 
 
 def test_steps_flags():

@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import shlex
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,7 @@ from processor.nab.scoring import (
     prepare_file,
     probation_length,
     score_corpus,
+    window_positions,
 )
 from processor.postprocess import PostProcess, scores, vector_scores
 from processor.train import TrainConfig, train
@@ -201,8 +204,11 @@ def _cached(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> bool:
     path = cache_path(cf, cfg, cache_dir)
     if not path.exists():
         return False
-    with np.load(path) as data:
-        return "fingerprint" in data.files and str(data["fingerprint"]) == fingerprint(cf)
+    try:
+        with np.load(path) as data:
+            return "fingerprint" in data.files and str(data["fingerprint"]) == fingerprint(cf)
+    except (OSError, ValueError, TypeError, zipfile.BadZipFile):
+        return False
 
 
 def fingerprint(cf: CorpusFile) -> str:
@@ -223,16 +229,23 @@ def cached_errors(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> FileError
     path = cache_path(cf, cfg, cache_dir)
     wanted = fingerprint(cf)
     if path.exists():
-        with np.load(path) as data:
-            stored = {name: data[name] for name in data.files}
-        if str(stored.pop("fingerprint", "")) == wanted:
-            return FileErrors(**stored)
-        log.warning("cache_entry_recomputed", path=str(path),
-                    reason="computed from other data or before fingerprints")
+        try:
+            with np.load(path) as data:
+                stored = {name: data[name] for name in data.files}
+            if str(stored.pop("fingerprint", "")) == wanted:
+                return FileErrors(**stored)
+            reason = "computed from other data or before fingerprints"
+        except (OSError, ValueError, TypeError, zipfile.BadZipFile) as exc:
+            reason = f"unreadable ({type(exc).__name__})"
+        log.warning("cache_entry_recomputed", path=str(path), reason=reason)
     fe = file_errors(cf, cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f.name: getattr(fe, f.name) for f in fields(fe) if getattr(fe, f.name) is not None}
-    np.savez(path, fingerprint=np.array(wanted), **arrays)
+    # Written aside and renamed: an interrupted run leaves no half-written entry.
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("wb") as handle:
+        np.savez(handle, fingerprint=np.array(wanted), **arrays)
+    partial.replace(path)
     return fe
 
 
@@ -260,41 +273,88 @@ def nab_scores(names: list[str], corpus: dict[str, CorpusFile],
     return out
 
 
-def checked_corpus(nab_dir: Path, names: list[str]) -> dict[str, CorpusFile]:
+#: Largest magnitude the network takes (it computes in float32).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: Share of a series' rows that may be skipped for not moving forward in time before the
+#: file is refused as unsorted (NAB's own files have 11 such rows in one series).
+MAX_SKIPPED_SHARE = 0.01
+
+
+def checked_profiles(nab_dir: Path) -> None:
+    """NAB's three scoring profiles with finite weights: TP and FN positive, FP >= 0."""
+    path = nab_dir / "config" / "profiles.json"
+    try:
+        profiles = load_profiles(nab_dir)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: NAB's scoring profiles are needed "
+                        f"({type(exc).__name__}: {exc})") from None
+    missing = [p for p in PROFILES if p not in profiles]
+    if missing:
+        raise DataError(f"{path}: no profile {', '.join(missing)}")
+    for name in PROFILES:
+        c = profiles[name]
+        if not (math.isfinite(c.tp_weight) and math.isfinite(c.fp_weight)
+                and math.isfinite(c.fn_weight) and c.tp_weight > 0 and c.fn_weight > 0
+                and c.fp_weight >= 0):
+            raise DataError(f"{path}: profile {name} needs finite weights, tpWeight and "
+                            "fnWeight above 0 and fpWeight not below 0")
+
+
+def checked_corpus(nab_dir: Path, names: list[str], cfg: EvalConfig | None = None
+                   ) -> dict[str, CorpusFile]:
     """The chosen series, each checked before any training: a bad file is one line
     naming it, not a traceback (or a wrong score) a quarter of an hour later."""
+    windows_file = nab_dir / "labels" / "combined_windows.json"
     try:
         load_window_limits(nab_dir)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{nab_dir / 'labels' / 'combined_windows.json'}: unreadable "
-                        f"windows file ({exc})") from None
-    try:
-        load_profiles(nab_dir)
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{nab_dir / 'config' / 'profiles.json'}: NAB's scoring profiles "
-                        f"are needed ({exc})") from None
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise DataError(f"{windows_file}: unreadable windows file "
+                        f"({type(exc).__name__}: {exc})") from None
+    checked_profiles(nab_dir)
+    if len(set(names)) != len(names):
+        raise DataError("a file is named twice in --files")
+    data_dir = (nab_dir / "data").resolve()
     corpus: dict[str, CorpusFile] = {}
     for name in names:
         path = nab_dir / "data" / name
+        parts = Path(name).parts
+        if (Path(name).is_absolute() or len(parts) != 2 or ".." in parts
+                or not path.resolve().is_relative_to(data_dir)):
+            raise DataError(f"{name}: --files names are <category>/<name>.csv inside "
+                            f"{nab_dir / 'data'}")
         if not path.is_file():
             raise DataError(f"{path}: no such data file (names are relative to data/, "
                             "e.g. realKnownCause/nyc_taxi.csv)")
         try:
             cf = load_corpus(nab_dir, [name])[name]
-        except (ValueError, KeyError, UnicodeDecodeError, pd.errors.ParserError,
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, pd.errors.ParserError,
                 pd.errors.EmptyDataError) as exc:
             raise DataError(f"{path}: not a timestamp,value CSV ({type(exc).__name__}: "
                             f"{exc})") from None
-        bad = np.flatnonzero(~np.isfinite(cf.values))
+        bad = np.flatnonzero(~(np.abs(cf.values) <= FLOAT32_MAX))
         if len(bad):
-            raise DataError(f"{path}: row {bad[0] + 2} has no finite value "
-                            f"({len(bad)} such rows)")
-        order = np.flatnonzero(np.diff(cf.timestamps) <= np.timedelta64(0, "ns"))
-        if len(order):
-            # NAB's own files have a few (ec2_disk_write_bytes_1ef3de: 11); the engine
-            # skips them as the stream processor does, so they are noted, not refused.
-            print(f"note: {name}: {len(order)} rows whose timestamp does not increase "
-                  f"(first: row {order[0] + 3}) are skipped unscored", flush=True)
+            raise DataError(f"{path}: row {bad[0] + 2} has no finite value within the "
+                            f"float32 range ({len(bad)} such rows)")
+        try:
+            window_positions(len(cf.values), cf.windows)
+        except ValueError as exc:
+            raise DataError(f"{windows_file}: the windows of {name}: {exc}") from None
+        # Rows not later than every row before them: the engine skips these, as the
+        # stream processor does (out of order or a repeated timestamp).
+        ts = cf.timestamps.astype(np.int64)
+        skipped = int((ts[1:] <= np.maximum.accumulate(ts)[:-1]).sum()) if len(ts) else 0
+        if skipped > MAX_SKIPPED_SHARE * len(ts):
+            raise DataError(f"{path}: {skipped} of {len(ts)} rows are not later than the rows "
+                            "before them; sort the file by timestamp")
+        if skipped:
+            print(f"note: {name}: {skipped} rows whose timestamp is not later than the rows "
+                  "before them are skipped unscored", flush=True)
+        if cfg is not None:
+            probation = probation_length(len(ts))
+            need = 4 * (series_window(cfg, probation) + cfg.steps - 1)
+            if probation < need:
+                raise DataError(f"{path}: its probationary period has {probation} rows; "
+                                f"training needs at least {need} (window, --steps)")
         corpus[name] = cf
     return corpus
 
@@ -321,15 +381,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
     names = args.files or data_files(nab_dir)
     if not names:
         raise DataError(f"{nab_dir / 'data'} holds no <category>/<name>.csv files")
-    corpus = checked_corpus(nab_dir, names)
-    whole = set(names) == set(data_files(nab_dir))
-    out = _writable(Path(args.out or args.out_dir / "evaluate.json"))
-    if not any(corpus[n].windows for n in names):
-        raise DataError("none of the chosen files has a labelled anomaly window; NAB's "
-                        "scores are normalised by the windows, so add at least one such file")
     cfg = EvalConfig(window=args.window, units=args.units, epochs=args.epochs,
                      retrain=args.retrain, seed=args.seed, steps=args.steps,
                      relative=args.relative)
+    corpus = checked_corpus(nab_dir, names, None if args.persistence else cfg)
+    whole = set(names) == set(data_files(nab_dir))
+    out = _writable(Path(args.out or args.out_dir / "evaluate.json"))
+    if out.resolve().is_relative_to(nab_dir.resolve()):
+        raise DataError(f"--out {out} lies inside --nab-dir {nab_dir}: it would overwrite "
+                        "the benchmark's own files")
+    for folder in (args.out_dir / "cache", args.out_dir / "results"):
+        _writable(folder / "probe")
+    if not any(corpus[n].windows for n in names):
+        raise DataError("none of the chosen files has a labelled anomaly window; NAB's "
+                        "scores are normalised by the windows, so add at least one such file")
     pp = PostProcess(horizon=args.horizon, smooth=args.smooth, group=args.group,
                      likelihood=args.likelihood, likelihood_avg=args.likelihood_avg,
                      calibrate=args.calibrate, calibrate_rows=args.calibrate_rows)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 
 from processor.cli import build_parser
 from processor.evaluate import EvalConfig, cache_path, series_window
@@ -141,3 +142,73 @@ def test_a_folder_without_published_tables_has_no_comparison(tmp_path: Path) -> 
     root = _nab_folder(tmp_path, "timestamp,value\n2020-01-01 00:00:00,1\n")
     assert _published(root, "numenta") == {}
     assert _published(NAB_DIR, "numenta")["standard"] > 0
+
+
+GOOD = "timestamp,value\n" + "".join(
+    f"2020-01-01 {h:02d}:{m:02d}:00,{(h * 60 + m) % 7}\n"
+    for h in range(24) for m in range(0, 60, 5))
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "c/../../x.csv", "x.csv", "c/d/x.csv"])
+def test_files_outside_data_are_refused(tmp_path: Path, name: str) -> None:
+    from processor.dataset import DataError
+    from processor.evaluate import checked_corpus
+
+    root = _nab_folder(tmp_path, GOOD)
+    with pytest.raises(DataError, match=r"<category>/<name>\.csv"):
+        checked_corpus(root, [name])
+
+
+def test_duplicates_unsorted_rows_and_bad_profiles_are_refused(tmp_path: Path) -> None:
+    from processor.dataset import DataError
+    from processor.evaluate import checked_corpus
+
+    root = _nab_folder(tmp_path, GOOD)
+    assert len(checked_corpus(root, ["c/x.csv"])) == 1
+    with pytest.raises(DataError, match="named twice"):
+        checked_corpus(root, ["c/x.csv", "c/x.csv"])
+    rows = GOOD.splitlines()
+    # One row moved far ahead: every later row is then "in the past" and would be skipped.
+    moved = [rows[0], rows[1].replace("2020-01-01", "2020-01-02"), *rows[2:]]
+    (root / "data" / "c" / "x.csv").write_text("\n".join(moved) + "\n")
+    with pytest.raises(DataError, match="sort the file"):
+        checked_corpus(root, ["c/x.csv"])
+    (root / "data" / "c" / "x.csv").write_text(GOOD)
+    (root / "config" / "profiles.json").write_text(
+        '{"standard": {"CostMatrix": {"tpWeight": 0, "fpWeight": 0.11, "fnWeight": 1}}}')
+    with pytest.raises(DataError, match="no profile"):
+        checked_corpus(root, ["c/x.csv"])
+
+
+def test_out_inside_the_benchmark_folder_is_refused(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from processor.cli import main
+
+    root = _nab_folder(tmp_path / "nab", GOOD)
+    target = root / "data" / "c" / "x.csv"
+    try:
+        code = main(["evaluate", "--nab-dir", str(root), "--files", "c/x.csv",
+                     "--out", str(target), "--out-dir", str(tmp_path / "out")])
+    finally:
+        structlog.reset_defaults()  # main() bound the logs to this test's captured stderr
+    assert code == 2
+    assert "inside --nab-dir" in capsys.readouterr().err
+    assert target.read_text() == GOOD  # the data file is untouched
+
+
+def test_a_corrupt_cache_entry_is_recomputed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    import processor.evaluate as ev
+
+    n = 20
+    monkeypatch.setattr(ev, "file_errors", lambda cf, cfg: ev.FileErrors(
+        np.ones(n), np.zeros(n), np.ones(n)))
+    cf = CorpusFile("c/x.csv", np.arange(n).astype("datetime64[m]"), np.zeros(n), [])
+    path = ev.cache_path(cf, EvalConfig(), tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"PK\x03\x04 truncated")
+    assert not ev._cached(cf, EvalConfig(), tmp_path)
+    got = ev.cached_errors(cf, EvalConfig(), tmp_path)
+    np.testing.assert_array_equal(got.error, np.ones(n))
+    assert ev._cached(cf, EvalConfig(), tmp_path)
+    assert not list(path.parent.glob("*.partial"))

@@ -63,7 +63,12 @@ def judge(challenger: LoadedModel, champion: LoadedModel | None,
     mse_new = held_out_mse(challenger, per_key)
     if champion is None:
         return Verdict(None, None, mse_new, True, "no current version")
-    mse_old = held_out_mse(champion, per_key)
+    try:
+        mse_old = held_out_mse(champion, per_key)
+    except ValueError as exc:
+        # e.g. the champion reads a season back and the new data's windows are shorter
+        return Verdict(champion.version, None, mse_new, True,
+                       f"not compared with {champion.version}: {exc}")
     better = mse_new <= mse_old * (1 + tolerance)
     reason = (f"challenger {mse_new:.4g} vs champion {mse_old:.4g} "
               f"({'not worse' if better else 'worse'})")

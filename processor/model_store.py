@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from processor.scoring import Profile, ProfileTable
+from processor.windows import input_width
 
 if TYPE_CHECKING:
     from processor.network import Predictor
@@ -50,6 +51,7 @@ class ModelMetadata(BaseModel):
     units: int
     layers: int
     steps: int = 1  # values predicted ahead (l); versions from before l > 1 existed are 1
+    season: int = 0  # seasonal lag in rows the network also reads; 0: none
     profiles: dict[str, Profile]
     default_profile: Profile
     threshold: float
@@ -139,9 +141,15 @@ class LoadedModel:
         return self.metadata.steps
 
     @property
+    def input_width(self) -> int:
+        """Values one forward pass reads (the window, and a season back with a season)."""
+        md = self.metadata
+        return input_width(md.window, md.season, md.steps)
+
+    @property
     def history(self) -> int:
-        """Values a key needs before its next one can be scored: w + l - 1."""
-        return self.metadata.window + self.metadata.steps - 1
+        """Values a key needs before its next one can be scored: the input and l - 1."""
+        return self.input_width + self.metadata.steps - 1
 
 
 def load_version(version_dir: Path) -> LoadedModel:
@@ -163,7 +171,8 @@ def load_version(version_dir: Path) -> LoadedModel:
     if table.steps != metadata.steps:
         raise ModelStoreError(f"{version_dir}: metadata says {metadata.steps} steps, its "
                               f"profiles {table.steps}")
-    predictor = Predictor(network, metadata.window, steps=metadata.steps)
+    predictor = Predictor(network, input_width(metadata.window, metadata.season,
+                                               metadata.steps), steps=metadata.steps)
     return LoadedModel(metadata, table, predictor, version_dir)
 
 

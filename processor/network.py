@@ -20,6 +20,8 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
+from processor.windows import input_width
+
 FloatArray = npt.NDArray[np.float32]
 #: Smallest batch given to the network (see `Predictor.__call__`).
 MIN_ROWS = 8
@@ -33,10 +35,21 @@ class NetworkSpec:
     dropout: float = 0.0
     steps: int = 1
     relative: bool = False
+    season: int = 0
+
+    @property
+    def input_width(self) -> int:
+        return input_width(self.window, self.season, self.steps)
 
 
 def build_network(spec: NetworkSpec) -> keras.Model:
     """Stacked LSTM -> Dense(steps): regression of the next `steps` scaled values.
+
+    With a `season` the LSTM reads two channels at each of its `window` steps: the
+    recent values, and the values one season earlier aligned with them (`input_width`
+    says how that is one contiguous input). What happened at this time yesterday is
+    what tells a daily pattern's normal rise from an incident, and a window long enough
+    to show it directly would make the LSTM run hundreds of steps instead of `window`.
 
     With `relative` the network is level-free: it sees the window minus the window's
     last value and predicts the change from that value, which is then added back; the
@@ -45,12 +58,17 @@ def build_network(spec: NetworkSpec) -> keras.Model:
     level outside its training range its saturated units keep predicting the old range,
     and a settled shift is reported as an error for as long as it lasts.
     """
-    inputs = keras.Input(shape=(spec.window, 1), name="window")
+    width = spec.input_width
+    inputs = keras.Input(shape=(width, 1), name="window")
     h = inputs
     if spec.relative:
-        last = keras.layers.Cropping1D((spec.window - 1, 0), name="last")(inputs)
+        last = keras.layers.Cropping1D((width - 1, 0), name="last")(inputs)
         h = keras.layers.Subtract(name="relative")(
-            [inputs, keras.layers.UpSampling1D(spec.window, name="last_repeated")(last)])
+            [inputs, keras.layers.UpSampling1D(width, name="last_repeated")(last)])
+    if spec.season:
+        recent = keras.layers.Cropping1D((width - spec.window, 0), name="recent")(h)
+        seasonal = keras.layers.Cropping1D((0, width - spec.window), name="season_ago")(h)
+        h = keras.layers.Concatenate(axis=-1, name="with_season")([recent, seasonal])
     for i in range(spec.layers):
         h = keras.layers.LSTM(spec.units, return_sequences=i < spec.layers - 1,
                               name=f"lstm_{i}")(h)

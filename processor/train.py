@@ -11,6 +11,11 @@ each window, every value gets an l-vector of errors, and each key's error model 
 multivariate Gaussian. Each scored row keeps the w + l - 1 values before it: the window
 ending l steps earlier plus the l targets that window is trained on, so one row serves
 both training the network and scoring.
+
+With a `season` (by default one day at the data's sampling interval) the network also
+reads the values one season before its window; each stored window then reaches that
+far back (`processor.windows.input_width`). Data too short to train that on falls back
+to no season, said in the log.
 """
 
 from __future__ import annotations
@@ -19,12 +24,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import structlog
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from processor.dataset import DataError, Series, keep_in_order
 from processor.gaussian import Gaussian, MultivariateGaussian
@@ -36,33 +41,59 @@ from processor.threshold import (
     evaluate,
     quantile_threshold,
 )
-from processor.windows import sliding_windows
+from processor.windows import input_width, sliding_windows
 
 log = structlog.get_logger(__name__)
 
 PARTS = ("train", "val", "test")
+DAY_MS = 86_400_000
+#: Training windows each key needs before a seasonal network is trained on it.
+MIN_SEASON_WINDOWS = 100
 
 
 class TrainConfig(BaseModel):
     """Hyper-parameters of one training run (flags of `anomaly train`)."""
 
-    name: str = "default"
-    window: int = Field(50, ge=2, le=1000)
-    units: int = Field(64, ge=1)
-    layers: int = Field(1, ge=1, le=4)
+    name: str = Field("default", description="model name in the store")
+    window: int = Field(50, ge=2, le=1000, description="past values the LSTM reads")
+    units: int = Field(64, ge=1, description="LSTM units per layer")
+    layers: int = Field(1, ge=1, le=4, description="stacked LSTM layers")
     steps: int = Field(1, ge=1, description="values predicted ahead (Malhotra's l)")
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each LSTM layer")
     relative: bool = Field(False, description="see windows relative to their last value "
                            "and predict the change from it")
-    epochs: int = Field(40, ge=1)
-    batch_size: int = Field(64, ge=1)
-    patience: int = Field(5, ge=1)
-    train_frac: float = Field(0.5, gt=0, lt=1)
-    val_frac: float = Field(0.25, gt=0, lt=1)
-    beta: float = Field(0.1, gt=0)
-    quantile: float = Field(0.001, gt=0, lt=1)
-    seed: int = 0
+    season: int | Literal["day", "none"] = Field(
+        "day", description="seasonal lag in rows the network also reads (the values one "
+        "season before its window): 'day' is one day at the median sampling interval, "
+        "'none' or 0 turns it off")
+    epochs: int = Field(40, ge=1, description="most passes over the training windows")
+    batch_size: int = Field(64, ge=1, description="windows per gradient step")
+    patience: int = Field(5, ge=1, description="epochs without a better validation loss "
+                          "before stopping")
+    train_frac: float = Field(0.5, gt=0, lt=1, description="share of each key's rows, "
+                              "first in time, for training")
+    val_frac: float = Field(0.25, gt=0, lt=1, description="share after that for early "
+                            "stopping and the threshold; the rest is the test part")
+    beta: float = Field(0.1, gt=0, description="F-beta the threshold maximises on "
+                        "labelled validation data (below 1 favours precision)")
+    quantile: float = Field(0.001, gt=0, lt=1, description="without labels: the share of "
+                            "validation rows the threshold flags")
+    seed: int = Field(0, description="random seed of the network's training")
     verbose: int = 2
+
+    @field_validator("season")
+    @classmethod
+    def _season_rows(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and (v < 0 or v == 1):
+            raise ValueError("a season is at least 2 rows (0 or 'none': no season)")
+        return v
+
+    @model_validator(mode="after")
+    def _season_covers_steps(self) -> TrainConfig:
+        if isinstance(self.season, int) and 0 < self.season < self.steps:
+            raise ValueError(f"a season of {self.season} rows is shorter than the "
+                             f"{self.steps} steps predicted")
+        return self
 
 
 @dataclass
@@ -99,17 +130,56 @@ def split_points(n: int, cfg: TrainConfig) -> tuple[int, int]:
     return int(n * cfg.train_frac), int(n * (cfg.train_frac + cfg.val_frac))
 
 
+def stored_width(cfg: TrainConfig, season: int) -> int:
+    """Values before each target: the network's input plus the l - 1 later targets."""
+    return input_width(cfg.window, season, cfg.steps) + cfg.steps - 1
+
+
+def season_fits(n: int, cfg: TrainConfig, season: int) -> bool:
+    """Whether `n` rows leave enough training windows for a network with this season."""
+    return int(n * cfg.train_frac) - stored_width(cfg, season) >= MIN_SEASON_WINDOWS
+
+
+def resolve_season(series: Sequence[Series], cfg: TrainConfig) -> int:
+    """The seasonal lag in rows for this data: `cfg.season` as given, or for 'day' one day
+    at the median sampling interval when every key is long enough to train on it."""
+    if cfg.season == "none":
+        return 0
+    if cfg.season != "day":
+        return cfg.season
+    usable = [keep_in_order(s)[0] for s in series]  # as `prepare` will see them
+    intervals = [np.median(np.diff(s.timestamps)) for s in usable if len(s) > 1]
+    interval = float(np.median(intervals)) if intervals else 0.0
+    if not interval > 0:
+        return 0
+    season = round(DAY_MS / interval)
+    shortest = min(len(s) for s in usable)
+    if season < max(cfg.steps, 2) or not season_fits(shortest, cfg, season):
+        log.info("season_off", season_rows=season, shortest_key_rows=shortest,
+                 reason="too few rows to train on the values one day earlier")
+        return 0
+    return season
+
+
 def prepare(series: Series, cfg: TrainConfig) -> KeyWindows:
-    """Cut one key into windows and mark each target's part, label and cleanliness."""
+    """Cut one key into windows and mark each target's part, label and cleanliness.
+
+    `cfg.season` is resolved (rows) by now."""
     s, dropped = keep_in_order(series)
     if dropped:
         log.warning("rows_dropped_out_of_order", key=s.key, rows=dropped)
     n = len(s)
-    width = cfg.window + cfg.steps - 1
-    if n < 4 * width:
+    recent = cfg.window + cfg.steps - 1
+    if n < 4 * recent:
         raise DataError(f"series {s.key!r} has {n} usable rows; need at least "
-                        f"{4 * width} for window {cfg.window}"
+                        f"{4 * recent} for window {cfg.window}"
                         + (f" and {cfg.steps} steps" if cfg.steps > 1 else ""))
+    season = int(cfg.season) if cfg.season not in ("day", "none") else 0
+    if season and not season_fits(n, cfg, season):
+        raise DataError(f"series {s.key!r} has {n} usable rows; a season of {season} rows "
+                        f"needs {MIN_SEASON_WINDOWS} training windows of "
+                        f"{stored_width(cfg, season)} values before them")
+    width = stored_width(cfg, season)
     t_end, v_end = split_points(n, cfg)
     labels = s.labels if s.labels is not None else np.zeros(n, bool)
     x, y = sliding_windows(s.values, width)
@@ -181,6 +251,8 @@ def train(series: Sequence[Series], cfg: TrainConfig, source: str) -> TrainOutco
         raise DataError("no series to train on")
     started = time.monotonic()
     nw.set_seed(cfg.seed)
+    cfg = cfg.model_copy(update={"season": resolve_season(series, cfg)})
+    season = int(cfg.season)
     per_key = [prepare(s, cfg) for s in series]
     has_labels = any(s.labels is not None for s in series)
     x_train, y_train = _stack(per_key, 0)
@@ -190,9 +262,9 @@ def train(series: Sequence[Series], cfg: TrainConfig, source: str) -> TrainOutco
                         "validation windows without labelled anomalies")
     log.info("training_started", keys=len(per_key), train_windows=len(x_train),
              val_windows=len(x_val), window=cfg.window, units=cfg.units, layers=cfg.layers,
-             steps=cfg.steps)
+             steps=cfg.steps, season=season)
     spec = nw.NetworkSpec(cfg.window, cfg.units, cfg.layers, cfg.dropout, cfg.steps,
-                          cfg.relative)
+                          cfg.relative, season)
     network = nw.build_network(spec)
     fit = nw.fit_network(
         network, (x_train, y_train), (x_val, y_val), epochs=cfg.epochs,
@@ -200,7 +272,7 @@ def train(series: Sequence[Series], cfg: TrainConfig, source: str) -> TrainOutco
         on_epoch=lambda e, logs: log.info("epoch", epoch=e + 1, **{
             k: round(float(v), 6) for k, v in logs.items()}),
     )
-    predictor = nw.Predictor(network, cfg.window, steps=cfg.steps)
+    predictor = nw.Predictor(network, spec.input_width, steps=cfg.steps)
 
     # Errors of every window under the trained network (Gaussian not yet known).
     for kw in per_key:
@@ -250,7 +322,7 @@ def train(series: Sequence[Series], cfg: TrainConfig, source: str) -> TrainOutco
     metadata = ModelMetadata(
         name=cfg.name, version=new_version(), created_at=datetime.now(UTC),
         window=cfg.window, units=cfg.units, layers=cfg.layers, steps=cfg.steps,
-        profiles=profiles,
+        season=season, profiles=profiles,
         default_profile=default, threshold=choice.threshold,
         threshold_method=choice.method, beta=cfg.beta if has_labels else None,
         metrics=metrics,

@@ -18,6 +18,22 @@ FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
 
+def input_width(window: int, season: int = 0, steps: int = 1) -> int:
+    """Values one forward pass reads to predict the next `steps` values.
+
+    Without a season, the last `window` values. With a seasonal lag of `season` rows (one
+    day, say) the network also reads the `window` values one season earlier, aligned so
+    that the last of them is the seasonal counterpart of the last value predicted: the
+    values from `window + season - steps` rows back. The two stretches overlap or touch,
+    so they are one contiguous window whose first and last `window` values the network
+    takes apart (`processor.network`).
+    """
+    if season and season < max(steps, 2):
+        raise ValueError(f"a season of {season} rows is shorter than the {steps} "
+                         "predicted steps (or 2)")
+    return window if not season else window + season - steps
+
+
 def sliding_windows(series: npt.ArrayLike, width: int) -> tuple[FloatArray, FloatArray]:
     """All (window, next value) pairs of a series: X[i] = s[i:i+width], y[i] = s[i+width].
 
@@ -152,9 +168,13 @@ class WindowStore:
             self._partition[slot] = -1
             self._free.append(slot)
 
+    def keys_of(self, partitions: set[int]) -> list[str]:
+        """The keys held here that arrived on these input partitions."""
+        return [k for k, slot in self._slots.items() if int(self._partition[slot]) in partitions]
+
     def drop_partitions(self, partitions: set[int]) -> int:
         """Forget every key of these input partitions (revoked or lost); return how many."""
-        doomed = [k for k, slot in self._slots.items() if int(self._partition[slot]) in partitions]
+        doomed = self.keys_of(partitions)
         for key in doomed:
             self.remove(key)
         return len(doomed)

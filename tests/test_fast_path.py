@@ -35,11 +35,15 @@ def test_pipelined_batches_score_like_model_predict_per_record(outcome, tmp_path
                                                       outcome.network))
     trained_key = outcome.per_key[0].key
     raw = read_csv(MACHINE_TEMP).values
+    # The default model reads a day back (5-minute data: 288 rows) besides its window.
+    width = model.input_width
+    assert model.metadata.season == 288 and width == WINDOW + 288 - 1
+    n = width + 40
     # The trained key and two it never saw (scored with the default profile).
-    streams = {trained_key: raw[3000:3060], "other-a": raw[5000:5060] + 3.0,
-               "other-b": raw[9000:9060] * 0.9}
+    streams = {trained_key: raw[3000:3000 + n], "other-a": raw[5000:5000 + n] + 3.0,
+               "other-b": raw[9000:9000 + n] * 0.9}
     rows = [Observation(key, 1_000_000 + t * 60_000, float(v), 0, t * 3 + j)
-            for t in range(60) for j, (key, vals) in enumerate(streams.items())
+            for t in range(n) for j, (key, vals) in enumerate(streams.items())
             for v in [vals[t]]]
 
     engine = Engine(model)
@@ -48,23 +52,25 @@ def test_pipelined_batches_score_like_model_predict_per_record(outcome, tmp_path
     pending = engine.prepare(batches[0])
     for nxt in [*batches[1:], None]:
         after = engine.prepare(nxt) if nxt is not None else None  # before finishing
-        cols = Engine.score(pending, Engine.forward(pending)).columns
+        cols = engine.score(pending, Engine.forward(pending)).columns
         for i in np.flatnonzero(cols.status == SCORED):
             fast[(cols.keys[i], int(cols.timestamp_ms[i]))] = float(cols.log_pd[i])
         pending = after  # type: ignore[assignment]
 
     plain: dict[tuple[str, int], float] = {}
+    # Plain: the network on the values it reads, by hand (its own layers take the window
+    # and the stretch one season back apart).
     for key, vals in streams.items():
         profile = model.metadata.profiles.get(key, model.metadata.default_profile)
-        for t in range(WINDOW, len(vals), 7):  # every 7th: model.predict is slow
-            window = (vals[t - WINDOW:t] - profile.scale_mean) / profile.scale_std
+        for t in range(width, len(vals), 7):  # every 7th: model.predict is slow
+            window = (vals[t - width:t] - profile.scale_mean) / profile.scale_std
             pred = float(outcome.network.predict(
                 window.astype(np.float32)[None, :, None], verbose=0)[0, 0])
             error = (vals[t] - profile.scale_mean) / profile.scale_std - pred
             plain[(key, 1_000_000 + t * 60_000)] = float(norm.logpdf(
                 error, profile.error_mean, np.sqrt(profile.error_var)))
 
-    assert len(fast) == 3 * (60 - WINDOW)
+    assert len(fast) == 3 * (n - width)
     assert len(plain) > 15
     got = np.array([fast[k] for k in plain])
     want = np.array(list(plain.values()))

@@ -49,3 +49,62 @@ def test_trained_relative_network_moves_with_the_level(tmp_path):
         np.testing.assert_allclose(moved, shift, atol=1e-3)
         plain = predictors[False](probe + shift) - predictors[False](probe)
         assert np.abs(plain - shift).mean() > 1.0
+
+
+# -- the seasonal channel -----------------------------------------------------------------
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_a_seasonal_network_reads_its_window_and_the_stretch_a_season_before(steps):
+    """Input width w + P - l: the first w values (a season before) and the last w; the
+    values between them are carried for later rows but not read now."""
+    window, season = 6, 20
+    spec = NetworkSpec(window=window, units=8, steps=steps, season=season)
+    width = spec.input_width
+    assert width == window + season - steps
+    predict = Predictor(build_network(spec), width, steps=steps)
+    x = _windows(16, width, seed=3)
+    base = predict(x)
+    middle = x.copy()
+    middle[:, window:width - window] += 100.0
+    np.testing.assert_array_equal(predict(middle), base)
+    for read in (0, window - 1, width - window, width - 1):
+        moved = x.copy()
+        moved[:, read] += 1.0
+        assert np.abs(predict(moved) - base).max() > 1e-4, read
+
+
+def test_season_must_cover_the_predicted_steps():
+    from processor.windows import input_width
+
+    assert input_width(30, 0, 1) == 30 and input_width(30, 288, 1) == 317
+    with pytest.raises(ValueError, match="shorter than"):
+        input_width(30, 2, 3)
+
+
+@pytest.mark.slow
+def test_the_season_lets_the_network_foresee_a_daily_step():
+    """A level that switches at the same hour each day: a window shorter than the level's
+    runs cannot tell when it switches; the same network reading the day before can."""
+    from processor.windows import input_width
+
+    window, day = 8, 48
+    rng = np.random.default_rng(4)
+    t = np.arange(day * 60)
+    series = (np.where(t % day < day // 2, 0.0, 1.0) + rng.normal(0, 0.05, len(t)))
+    series = series.astype(np.float32)
+    steps_at = np.flatnonzero(np.diff(t % day < day // 2)) + 1  # the switching rows
+    errors = {}
+    for season in (0, day):
+        width = input_width(window, season)
+        x = np.lib.stride_tricks.sliding_window_view(series[:-1], width).copy()
+        y = series[width:].copy()
+        target = np.arange(width, len(series))
+        train = target < day * 40
+        net = build_network(NetworkSpec(window=window, units=16, season=season))
+        fit_network(net, (x[train], y[train]), (x[~train], y[~train]), epochs=30,
+                    batch_size=64, patience=5, verbose=0)
+        pred = Predictor(net, width)(x[~train])
+        at_switch = np.isin(target[~train], steps_at)
+        errors[season] = float(np.abs(pred - y[~train])[at_switch].mean())
+    assert errors[0] > 0.3  # misses the switch by a good part of the step
+    assert errors[day] < errors[0] / 3

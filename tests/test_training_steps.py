@@ -31,7 +31,15 @@ def series():
 @pytest.fixture(scope="module")
 def outcome(series):
     cfg = TrainConfig(window=WINDOW, units=8, epochs=2, batch_size=128, train_frac=0.4,
-                      val_frac=0.4, steps=STEPS, verbose=0)
+                      val_frac=0.4, steps=STEPS, season="none", verbose=0)
+    return train([series], cfg, "test")
+
+
+@pytest.fixture(scope="module")
+def seasonal(series):
+    """l steps and a season: the network also reads the values 48 rows before."""
+    cfg = TrainConfig(window=WINDOW, units=8, epochs=2, batch_size=128, train_frac=0.4,
+                      val_frac=0.4, steps=STEPS, season=48, verbose=0)
     return train([series], cfg, "test")
 
 
@@ -79,20 +87,25 @@ def test_engine_scores_do_not_depend_on_the_batch_and_match_training(outcome, se
     np.testing.assert_array_equal(whole["anomaly"][scored], outside)
 
 
-def test_error_vectors_match_the_raw_network_outputs(outcome, series):
+@pytest.mark.parametrize("which", ["outcome", "seasonal"])
+def test_error_vectors_match_the_raw_network_outputs(which, series, request):
+    outcome = request.getfixturevalue(which)
     model = loaded_from_outcome(outcome, Path("."))
+    width = model.input_width  # WINDOW, or WINDOW + 48 - STEPS with the season
+    assert width == (WINDOW if which == "outcome" else WINDOW + 48 - STEPS)
     got = stream(model, series, 1000)
     p = outcome.metadata.profiles[series.key]
     mean, std = p.scale_mean, p.scale_std
     x32 = ((series.values.astype(np.float32) - mean) / std).astype(np.float32)
-    windows = np.lib.stride_tricks.sliding_window_view(x32, WINDOW)
+    windows = np.lib.stride_tricks.sliding_window_view(x32, width)
     out = outcome.network.predict(windows[..., None], verbose=0).astype(np.float64)
-    t = np.arange(WINDOW + STEPS - 1, len(x32))
+    t = np.arange(width + STEPS - 1, len(x32))
+    assert (got["status"] == SCORED).sum() == len(t)
     xs = (series.values - mean) / std
-    # x_t against output j of the window ending at t - j (row t - j - WINDOW + 1).
-    want = np.stack([xs[t] - out[t - j - WINDOW + 1, j - 1] for j in range(1, STEPS + 1)], 1)
+    # x_t against output j of the input ending at t - j (row t - j - width + 1).
+    want = np.stack([xs[t] - out[t - j - width + 1, j - 1] for j in range(1, STEPS + 1)], 1)
     np.testing.assert_allclose(got["scaled_error"][t], want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(got["prediction"][t], out[t - WINDOW, 0] * std + mean,
+    np.testing.assert_allclose(got["prediction"][t], out[t - width, 0] * std + mean,
                                rtol=1e-5)
     lpd = stats.multivariate_normal(p.error_mean_vector, p.error_cov).logpdf(
         got["scaled_error"][t])
@@ -111,7 +124,7 @@ def test_evaluation_streams_error_vectors():
     name = "artificialWithAnomaly/art_daily_jumpsup.csv"
     cf = load_corpus(NAB_DIR, [name])[name]
     fe = file_errors(cf, EvalConfig(window=WINDOW, units=8, epochs=2, retrain="none",
-                                    steps=STEPS))
+                                    steps=STEPS, season="none"))
     assert fe.vectors is not None and fe.cov is not None and fe.vector_mean is not None
     assert fe.vectors.shape == (len(cf.values), STEPS)
     np.testing.assert_array_equal(np.isnan(fe.vectors).any(axis=1), np.isnan(fe.error))

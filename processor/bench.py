@@ -50,7 +50,8 @@ def bench_model(store: Path, name: str, window: int, units: int) -> Path:
     from processor.train import TrainConfig, train
 
     series = read_csv(_nab_dir() / "data" / DEFAULT_SERIES).slice(0, 6000)
-    cfg = TrainConfig(name=name, window=window, units=units, epochs=2, verbose=0)
+    cfg = TrainConfig(name=name, window=window, units=units, epochs=2, season="none",
+                      verbose=0)
     outcome = train([series], cfg, "bench")
     return save_version(store, outcome.metadata, outcome.network)
 
@@ -77,7 +78,7 @@ def naive_rps(version_dir: Path, seconds: float) -> float:
 
     model = load_version(version_dir)
     network = model.predictor.model
-    x = np.random.default_rng(0).normal(size=(1, model.window, 1)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(1, model.input_width, 1)).astype(np.float32)
     network.predict(x, verbose=0)
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -366,13 +367,15 @@ def memory_per_key(version_dir: Path, key_counts: tuple[int, ...]) -> dict[str, 
             "from processor.model_store import load_version\n"
             "from processor.engine import Engine\n"
             "from processor.bench import current_rss_mb\n"
+            "from processor.calibration import KeyScoreState\n"
             "from processor.windows import KeyState\n"
             f"m = load_version(Path({str(version_dir)!r}))\n"
             "e = Engine(m)\n"
             "before = current_rss_mb()\n"
-            "full = np.ones(m.window, np.float32)\n"
+            "full = np.ones(m.history, np.float32)\n"
+            "scores = KeyScoreState.empty(e.scores.rule)\n"
             f"for i in range({n}):\n"
-            "    e.windows.put(f'key-{i:07d}', KeyState(full, m.window, 1, i % 4))\n"
+            "    e.put_key(f'key-{i:07d}', KeyState(full, m.history, 1, i % 4), scores)\n"
             "print(before, current_rss_mb(), len(e.windows))\n"
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -280,6 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relative", action="store_true",
                    help="the network sees each window relative to its last value and "
                    "predicts the change from it")
+    p.add_argument("--season", type=_season, default="day",
+                   help="seasonal lag in rows the network also reads: 'day' (one day at the "
+                   "series' sampling interval, when its probationary rows allow), a number "
+                   "of rows, or 'none'")
+    p.add_argument("--reference-rows", type=_multiple_of(100), default=1000,
+                   help="the anomaly score's reference: the second largest deviation of "
+                   "about this many recent rows (a multiple of 100)")
+    p.add_argument("--peak-rows", type=_multiple_of(20), default=200,
+                   help="a peak is above every score of about this many previous rows "
+                   "(a multiple of 20)")
     p.add_argument("--horizon", type=_at_least(0), default=0,
                    help="fit the error Gaussian on the last N errors (0: the trained one)")
     p.add_argument("--smooth", type=_at_least(1), default=1,
@@ -340,6 +350,22 @@ def _ab_setting(text: str) -> str:
 #: Upper bound on row counts and sizes given on the command line: far above any real
 #: series, and below the sizes where numpy and pandas fail with overflow errors.
 MAX_COUNT = 10**9
+
+
+def _season(text: str) -> int | str:
+    """'day', 'none' or a number of rows (at least 2)."""
+    if text in ("day", "none"):
+        return text
+    return int(_at_least(2)(text))
+
+
+def _multiple_of(step: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        n = int(_at_least(step)(text))
+        if n % step:
+            raise argparse.ArgumentTypeError(f"{text} is not a multiple of {step}")
+        return n
+    return parse
 
 
 def _at_least(low: float, kind: type = int, high: float = MAX_COUNT) -> Callable[[str], Any]:

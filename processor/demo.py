@@ -22,8 +22,8 @@ from confluent_kafka import Consumer, Producer
 
 from processor.config import Settings
 from processor.dataset import DataError, Series, read_windows
-from processor.detect import incidents, windows_hit, write_scored_jsonl
-from processor.detect_job import INCIDENT_GAP_MS, plot_records
+from processor.detect import windows_hit, write_scored_jsonl
+from processor.detect_job import plot_records
 from processor.model_store import read_metadata
 from processor.stream.clients import base_config, ensure_topics, producer_config
 from processor.stream.launch import start_processor, stop_processor, with_run_topics
@@ -183,20 +183,20 @@ def summary(produced: int, scored: list[ScoredRecord], dead: list[DeadLetter], a
             version: str, windows: list[tuple[int, int]], exit_code: int | None) -> None:
     statuses = Counter(r.status.value for r in scored)
     reasons = Counter(d.reason.value for d in dead)
-    groups = incidents(scored, INCIDENT_GAP_MS)
     print()
     print("=== summary ===")
     print(f"records in:    {produced}")
     print(f"scored:        {len(scored)}{_breakdown(statuses)}")
-    print(f"alerts:        {alerts}  (in {len(groups)} incidents)")
+    print(f"outside band:  {sum(r.anomaly for r in scored)}")
+    print(f"alerts:        {alerts}  (one per incident)")
     print(f"dead letters:  {len(dead)}{_breakdown(reasons)}")
     print(f"model version: {version}")
     if windows:
-        print(f"labelled failure windows in the streamed part flagged: "
+        print(f"labelled failure windows in the streamed part alerted: "
               f"{windows_hit(scored, windows)} of {len(windows)}")
-        inside = sum(r.anomaly and any(s <= int(r.timestamp.timestamp() * 1000) <= e
-                                       for s, e in windows) for r in scored)
-        total = sum(r.anomaly for r in scored)
+        inside = sum(r.alert and any(s <= int(r.timestamp.timestamp() * 1000) <= e
+                                     for s, e in windows) for r in scored)
+        total = sum(r.alert for r in scored)
         if total:
             print(f"alerts inside labelled windows: {inside} of {total}")
     print(f"processor exit status: {exit_code}")

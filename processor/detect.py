@@ -17,12 +17,13 @@ from processor.engine import Engine, Observation, Rejected
 from processor.model_store import LoadedModel, ModelMetadata
 from processor.scoring import ProfileTable
 from processor.train import TrainConfig, TrainOutcome, train
+from processor.windows import input_width
 from schemas.records import ScoredRecord
 
 SCORED_COLUMNS = [
     "key", "timestamp", "value", "status", "prediction", "error", "log_pd", "threshold",
-    "anomaly", "band_low", "band_high", "profile", "model_version", "source_partition",
-    "source_offset",
+    "anomaly", "band_low", "band_high", "profile", "anomaly_score", "peak", "alert",
+    "model_version", "source_partition", "source_offset",
 ]
 
 
@@ -39,7 +40,8 @@ def loaded_from_outcome(outcome: TrainOutcome, path: Path) -> LoadedModel:
 
     md: ModelMetadata = outcome.metadata
     table = ProfileTable(md.profiles, md.default_profile)
-    return LoadedModel(md, table, Predictor(outcome.network, md.window, steps=md.steps), path)
+    width = input_width(md.window, md.season, md.steps)
+    return LoadedModel(md, table, Predictor(outcome.network, width, steps=md.steps), path)
 
 
 def observations(series: Series) -> Iterator[Observation]:
@@ -101,20 +103,7 @@ def write_scored_jsonl(records: Sequence[ScoredRecord], path: Path) -> Path:
     return path
 
 
-def incidents(records: Sequence[ScoredRecord], gap_ms: int) -> list[list[ScoredRecord]]:
-    """Group anomalies of one key closer than `gap_ms` apart: one incident, one line."""
-    groups: list[list[ScoredRecord]] = []
-    for r in sorted((r for r in records if r.anomaly), key=lambda r: (r.key, r.timestamp)):
-        last = groups[-1][-1] if groups else None
-        if (last is not None and last.key == r.key
-                and (r.timestamp - last.timestamp).total_seconds() * 1000 <= gap_ms):
-            groups[-1].append(r)
-        else:
-            groups.append([r])
-    return groups
-
-
 def windows_hit(records: Sequence[ScoredRecord], windows: Windows) -> int:
-    """How many labelled windows contain at least one anomaly."""
-    times = [int(r.timestamp.timestamp() * 1000) for r in records if r.anomaly]
+    """How many labelled windows contain at least one alert."""
+    times = [int(r.timestamp.timestamp() * 1000) for r in records if r.alert]
     return sum(any(start <= t <= end for t in times) for start, end in windows)

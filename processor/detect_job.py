@@ -9,21 +9,19 @@ from pathlib import Path
 from processor.dataset import Windows, read_windows
 from processor.detect import (
     detect,
-    incidents,
     windows_hit,
     write_scored_csv,
 )
+from processor.engine import ALERT_SCORE
 from processor.model_store import ModelMetadata
 from processor.train import TrainConfig
 from processor.train_job import csv_series, print_outcome
 from schemas.records import ScoredRecord
 
-#: Anomalies of one key less than this apart are reported as one incident.
-INCIDENT_GAP_MS = 60 * 60 * 1000
-
 
 def plot_records(records: Sequence[ScoredRecord], metadata: ModelMetadata, key: str,
-                 windows: Windows, out: Path, title: str | None = None) -> Path:
+                 windows: Windows, out: Path, title: str | None = None,
+                 alert_score: float = ALERT_SCORE) -> Path:
     from processor.plot import frame_from_records, render
 
     profile = metadata.profiles.get(key, metadata.default_profile)
@@ -31,21 +29,20 @@ def plot_records(records: Sequence[ScoredRecord], metadata: ModelMetadata, key: 
     # then reads its threshold edges off the bands instead of a one-step Gaussian.
     gaussian = (profile.error_mean, profile.error_var) if profile.steps == 1 else None
     return render(frame_from_records(records), out, key=key, windows=windows,
-                  gaussian=gaussian, scale=profile.scale_std, title=title)
+                  gaussian=gaussian, scale=profile.scale_std, title=title,
+                  alert_score=alert_score)
 
 
-def print_incidents(records: Sequence[ScoredRecord], limit: int = 20) -> None:
-    groups = incidents(records, INCIDENT_GAP_MS)
-    n = sum(r.anomaly for r in records)
-    print(f"{n} anomalous records in {len(groups)} incidents "
-          f"(anomalies under {INCIDENT_GAP_MS // 60000} min apart grouped):")
-    for g in groups[:limit]:
-        worst = min(g, key=lambda r: r.log_pd if r.log_pd is not None else 0.0)
-        print(f"  {g[0].key}  {g[0].timestamp:%Y-%m-%d %H:%M} .. {g[-1].timestamp:%Y-%m-%d %H:%M}"
-              f"  {len(g):3d} records  worst: value {worst.value:.4g} expected "
-              f"{worst.prediction:.4g}  log-PD {worst.log_pd:.1f}")
-    if len(groups) > limit:
-        print(f"  ... and {len(groups) - limit} more (see the CSV)")
+def print_alerts(records: Sequence[ScoredRecord], limit: int = 20) -> None:
+    outside = sum(r.anomaly for r in records)
+    alerts = [r for r in records if r.alert]
+    print(f"{outside} records outside the normal band; {len(alerts)} alerts (a peak of the "
+          f"anomaly score at or above {ALERT_SCORE}: one per incident):")
+    for r in alerts[:limit]:
+        print(f"  {r.key}  {r.timestamp:%Y-%m-%d %H:%M}  value {r.value:.4g} expected "
+              f"{r.prediction:.4g}  anomaly score {r.anomaly_score:.3f}  log-PD {r.log_pd:.1f}")
+    if len(alerts) > limit:
+        print(f"  ... and {len(alerts) - limit} more (see the CSV)")
 
 
 def run_detect(args: argparse.Namespace) -> int:
@@ -63,9 +60,9 @@ def run_detect(args: argparse.Namespace) -> int:
     if result.rejected_rows:
         print(f"{len(result.rejected_rows)} rows skipped: timestamp not after the previous row "
               f"(rows {result.rejected_rows[:5]}{' ...' if len(result.rejected_rows) > 5 else ''})")
-    print_incidents(result.scored)
+    print_alerts(result.scored)
     if windows:
-        print(f"labelled windows with at least one anomaly: {windows_hit(result.scored, windows)}"
+        print(f"labelled windows with at least one alert: {windows_hit(result.scored, windows)}"
               f" of {len(windows)}")
     print(f"scored rows: {csv_path}")
     print(f"plot: {png}")

@@ -16,9 +16,10 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from processor.calibration import KeyScoreState, ScoreRule, ScoreStore
 from processor.model_store import LoadedModel
 from processor.scoring import predict_scaled, score_predictions
-from processor.windows import WindowStore
+from processor.windows import KeyState, WindowStore
 from schemas.records import Alert, DeadLetterReason, ScoredRecord, Status, ms_to_datetime
 
 F64 = npt.NDArray[np.float64]
@@ -70,6 +71,12 @@ class ScoredColumns:
     partition: npt.NDArray[np.int64]
     offset: npt.NDArray[np.int64]
     version: str
+    #: `processor.calibration`: the deviation scored (value units, not on the wire), the
+    #: score (NaN while the key warms up), peaks and alerts.
+    deviation: F64
+    anomaly_score: F64
+    peak: npt.NDArray[np.bool_]
+    alert: npt.NDArray[np.bool_]
     #: Errors in scaled units, (n,) or (n, l) for l steps; NaN when unscored. Not on the
     #: wire: for evaluation, which post-processes the whole error vector.
     scaled_error: F64 | None = None
@@ -85,12 +92,15 @@ class ScoredColumns:
                   "source_offset": int(self.offset[i])}
         if self.status[i] != SCORED:
             return ScoredRecord(**common)
+        score = float(self.anomaly_score[i])
         return ScoredRecord(
             **common, prediction=float(self.prediction[i]), error=float(self.error[i]),
             log_pd=float(self.log_pd[i]), threshold=float(self.threshold[i]),
             anomaly=bool(self.anomaly[i]), band_low=float(self.band_low[i]),
             band_high=float(self.band_high[i]),
-            profile="default" if self.default_profile[i] else "key")
+            profile="default" if self.default_profile[i] else "key",
+            anomaly_score=None if np.isnan(score) else score, peak=bool(self.peak[i]),
+            alert=bool(self.alert[i]))
 
     def records(self) -> list[ScoredRecord]:
         return [self.record(i) for i in range(len(self))]
@@ -108,8 +118,10 @@ class ScoredColumns:
         value, pred, err, lpd, thr, low, high = (
             c.tolist() for c in (self.value, self.prediction, self.error, self.log_pd,
                                  self.threshold, self.band_low, self.band_high))
+        score = [None if v != v else v for v in self.anomaly_score.tolist()]  # NaN: None
         profile = np.where(self.default_profile, "default", "key").tolist()
         status, anomaly = self.status.tolist(), self.anomaly.tolist()
+        peak, alert = self.peak.tolist(), self.alert.tolist()
         part, off = self.partition.tolist(), self.offset.tolist()
         version, dumps = self.version, orjson.dumps
         out: list[bytes] = []
@@ -120,7 +132,8 @@ class ScoredColumns:
                     "key": key, "timestamp": stamps[i], "value": value[i],
                     "status": _STATUS[st].value, "prediction": None, "error": None,
                     "log_pd": None, "threshold": None, "anomaly": False, "band_low": None,
-                    "band_high": None, "profile": None, "model_version": version,
+                    "band_high": None, "profile": None, "anomaly_score": None,
+                    "peak": False, "alert": False, "model_version": version,
                     "source_partition": part[i], "source_offset": off[i]}))
             elif not finite[i]:  # pydantic's rules for infinities
                 out.append(self.record(i).model_dump_json().encode())
@@ -130,6 +143,7 @@ class ScoredColumns:
                     "status": "scored", "prediction": pred[i], "error": err[i],
                     "log_pd": lpd[i], "threshold": thr[i], "anomaly": anomaly[i],
                     "band_low": low[i], "band_high": high[i], "profile": profile[i],
+                    "anomaly_score": score[i], "peak": peak[i], "alert": alert[i],
                     "model_version": version, "source_partition": part[i],
                     "source_offset": off[i]}))
         return out
@@ -144,13 +158,14 @@ class BatchResult:
     def scored(self) -> list[ScoredRecord]:
         return self.columns.records()
 
-    def anomalies(self) -> list[ScoredRecord]:
-        return [self.columns.record(int(i)) for i in np.flatnonzero(self.columns.anomaly)]
+    def alerted(self) -> list[ScoredRecord]:
+        """The records that raise an alert (see `processor.calibration`)."""
+        return [self.columns.record(int(i)) for i in np.flatnonzero(self.columns.alert)]
 
     @property
     def alerts(self) -> list[Alert]:
         now = datetime.now(UTC)
-        return [to_alert(r, now) for r in self.anomalies()]
+        return [to_alert(r, now) for r in self.alerted()]
 
 
 @dataclass(frozen=True)
@@ -174,27 +189,62 @@ class Pending:
         return len(self.record_index)
 
 
+#: Anomaly score at or above which a peak raises an alert: an error at least as large
+#: as the key's recent one-in-a-thousand (`processor.calibration`).
+ALERT_SCORE = 0.5
+
+
 class Engine:
-    """Per-key windows plus the active model version.
+    """Per-key windows and score histories, plus the active model version.
 
     `gap_reset_intervals`: a value arriving more than this many sampling intervals (the
     key's median interval in training) after the previous one restarts the key's window;
-    0 disables resets.
+    0 disables resets. `alert_score`: the anomaly score at which a peak alerts.
     """
 
     def __init__(self, model: LoadedModel, initial_capacity: int = 1024,
-                 gap_reset_intervals: float = 0.0) -> None:
+                 gap_reset_intervals: float = 0.0, alert_score: float = ALERT_SCORE,
+                 rule: ScoreRule | None = None) -> None:
         self.model = model
         # An l-step model scores x_t from the l windows ending at t-1 .. t-l: w + l - 1
-        # values, recomputed each time, so the window stays the only per-key state.
+        # values (more with a season), recomputed each time.
         self.windows = WindowStore(model.history, initial_capacity)
+        # Deviations are in value units, so the histories carry over a version switch.
+        self.scores = ScoreStore(rule, initial_capacity)
         self.gap_reset_intervals = gap_reset_intervals
+        self.alert_score = alert_score
 
     def set_model(self, model: LoadedModel) -> None:
         """Switch versions between batches; windows carry over (resized if needed)."""
         if model.history != self.windows.width:
             self.windows = self.windows.resized(model.history)
         self.model = model
+
+    # -- per-key state as a whole (changelog restore, spilling, rebalances) -------------
+    def key_state(self, key: str) -> tuple[KeyState, KeyScoreState] | None:
+        window = self.windows.state(key)
+        if window is None:
+            return None
+        scores = self.scores.state(key)
+        return window, scores or KeyScoreState.empty(self.scores.rule)
+
+    def put_key(self, key: str, window: KeyState, scores: KeyScoreState | None,
+                now: float = 0.0) -> None:
+        """Install a key's state; without a score history (an older changelog) it starts
+        one afresh."""
+        self.windows.put(key, window, now)
+        self.scores.put(key, scores or KeyScoreState.empty(self.scores.rule))
+
+    def remove_keys(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.windows.remove(key)
+        self.scores.remove(keys)
+
+    def drop_partitions(self, partitions: set[int]) -> int:
+        """Forget every key of these input partitions (revoked or lost); return how many."""
+        doomed = self.windows.keys_of(partitions)
+        self.remove_keys(doomed)
+        return len(doomed)
 
     def process(self, batch: Sequence[Observation], now: float = 0.0) -> BatchResult:
         return self.finish(self.prepare(batch, now))
@@ -223,7 +273,8 @@ class Engine:
 
     def finish(self, pending: Pending) -> BatchResult:
         """The forward pass and scoring of a prepared batch, with the model it was
-        prepared for (a version switch in between does not mix the two)."""
+        prepared for (a version switch in between does not mix the two). Batches must
+        be scored in the order they were prepared: each one learns the keys' scores."""
         return self.score(pending, self.forward(pending))
 
     @staticmethod
@@ -238,17 +289,18 @@ class Engine:
         return predict_scaled(pending.windows, pending.profile, pending.model.table,
                               pending.model.predictor)
 
-    @staticmethod
-    def score(pending: Pending, pred_scaled: F64) -> BatchResult:
-        """Errors, log-PD and alerts from `forward`'s output. Array work only: the
-        per-record Python is done in `prepare`."""
+    def score(self, pending: Pending, pred_scaled: F64) -> BatchResult:
+        """Errors, log-PD, anomaly scores and alerts from `forward`'s output. Array work
+        but for the score histories' per-key lookup."""
         model, keys, values, status = (pending.model, pending.keys, pending.values,
                                        pending.status.copy())
         n = len(keys)
         nan = np.full(n, np.nan)
         cols = {name: nan.copy() for name in ("prediction", "error", "log_pd", "threshold",
-                                              "band_low", "band_high")}
+                                              "band_low", "band_high", "deviation")}
         anomaly = np.zeros(n, bool)
+        anomaly_score = nan.copy()
+        peak = np.zeros(n, bool)
         default_profile = np.zeros(n, bool)
         steps = model.table.steps
         scaled_error = np.full(n if steps == 1 else (n, steps), np.nan)
@@ -262,10 +314,16 @@ class Engine:
             anomaly[idx] = s.anomaly
             default_profile[idx] = profile == table.default_index
             scaled_error[idx] = s.scaled_error
+            calibrated = self.scores.update([keys[i] for i in idx], s.deviation,
+                                            s.deviation_floor)
+            anomaly_score[idx] = calibrated.score
+            peak[idx] = calibrated.peak
+        alert = peak & (anomaly_score >= self.alert_score)
         columns = ScoredColumns(
             keys=keys, timestamp_ms=pending.timestamp_ms, value=values, status=status,
             anomaly=anomaly, default_profile=default_profile, partition=pending.partition,
-            offset=pending.offset, version=model.version, scaled_error=scaled_error, **cols)
+            offset=pending.offset, version=model.version, scaled_error=scaled_error,
+            anomaly_score=anomaly_score, peak=peak, alert=alert, **cols)
         return BatchResult(columns, pending.rejected)
 
     def _in_order(
@@ -298,8 +356,10 @@ def to_alert(r: ScoredRecord, detected_at: datetime) -> Alert:
     assert r.prediction is not None and r.error is not None and r.log_pd is not None
     assert r.threshold is not None and r.model_version is not None
     assert r.band_low is not None and r.band_high is not None
+    assert r.anomaly_score is not None
     return Alert(
         key=r.key, timestamp=r.timestamp, value=r.value, expected=r.prediction,
         expected_low=r.band_low, expected_high=r.band_high, error=r.error, log_pd=r.log_pd,
-        threshold=r.threshold, model_version=r.model_version, detected_at=detected_at,
+        threshold=r.threshold, anomaly_score=r.anomaly_score, model_version=r.model_version,
+        detected_at=detected_at,
     )

@@ -32,6 +32,7 @@ import pandas as pd
 import structlog
 
 from processor.bench import machine
+from processor.calibration import ScoreColumns, ScoreRule, ScoreStore, nab_score
 from processor.dataset import DataError, Series
 from processor.detect import loaded_from_outcome
 from processor.engine import SCORED, Engine, Observation
@@ -56,6 +57,7 @@ from processor.nab.scoring import (
     window_positions,
 )
 from processor.postprocess import PostProcess, scores, vector_scores
+from processor.scoring import MIN_SCALE
 from processor.train import TrainConfig, train
 
 log = structlog.get_logger(__name__)
@@ -73,6 +75,7 @@ class EvalConfig:
     seed: int = 0
     steps: int = 1
     relative: bool = False
+    season: int | str = "day"  # rows, "day" or "none": see `TrainConfig.season`
 
 
 def series_window(cfg: EvalConfig, probation: int) -> int:
@@ -83,10 +86,10 @@ def series_window(cfg: EvalConfig, probation: int) -> int:
     return max(2, min(cfg.window, probation // 4))
 
 
-def _train(series: Series, cfg: EvalConfig, window: int | None = None) -> Any:
-    tc = TrainConfig(name="nab", window=window or cfg.window, units=cfg.units, epochs=cfg.epochs,
+def _train(series: Series, cfg: EvalConfig, window: int, season: int | str) -> Any:
+    tc = TrainConfig(name="nab", window=window, units=cfg.units, epochs=cfg.epochs,
                      batch_size=32, patience=5, train_frac=0.7, val_frac=0.25, seed=cfg.seed,
-                     steps=cfg.steps, relative=cfg.relative, verbose=0)
+                     steps=cfg.steps, relative=cfg.relative, season=season, verbose=0)
     outcome = train([series], tc, "nab")
     return loaded_from_outcome(outcome, Path("."))
 
@@ -106,11 +109,13 @@ F64 = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class FileErrors:
-    """Per row: the scaled error (NaN when unscored) and the active Gaussian.
+    """Per row, what the engine gave: the anomaly score and peak flag (the NAB score),
+    the deviation they came from (NaN when unscored, for other score rules), and the
+    scaled error with the active Gaussian (for the offline post-processing variants).
 
     `error`, `mean` and `var` are the one-step ones. An l-step model adds the error
     vectors (n, l) and the active multivariate Gaussian, `vector_mean` (n, l) and
-    `cov` (n, l, l), which are what gets scored.
+    `cov` (n, l, l).
     """
 
     error: F64
@@ -119,29 +124,52 @@ class FileErrors:
     vectors: F64 | None = None
     vector_mean: F64 | None = None
     cov: F64 | None = None
+    deviation: F64 | None = None
+    floor: F64 | None = None
+    score: F64 | None = None
+    peak: npt.NDArray[np.bool_] | None = None
 
     def scores(self, pp: PostProcess) -> F64:
-        """Per-row NAB anomaly scores: from the error vectors when there are any."""
+        """Per-row NAB anomaly scores under an offline post-processing variant."""
         if self.vectors is None or self.vector_mean is None or self.cov is None:
             return scores(self.error, self.mean, self.var, pp)
         return vector_scores(self.vectors, self.vector_mean, self.cov, pp)
+
+    def nab_scores(self, rule: ScoreRule | None = None) -> F64:
+        """Per-row NAB anomaly scores as the stream gives them: the engine's, or for
+        another rule the same calibration code run over the engine's deviations."""
+        if self.deviation is None or self.floor is None or self.score is None \
+                or self.peak is None:
+            raise ValueError("errors cached without the engine's scores; recompute them")
+        if rule is None or rule == ScoreRule():
+            return nab_score(ScoreColumns(self.score, self.peak))
+        keys = ["s"] * len(self.deviation)
+        return nab_score(ScoreStore(rule).update(keys, self.deviation, self.floor))
 
 
 def file_errors(cf: CorpusFile, cfg: EvalConfig, first_model: Any = None) -> FileErrors:
     """Stream one series through the engine, learning only from rows already seen.
 
-    `first_model` replaces the model trained on the probationary period (to compare with
-    another path using the very same weights).
+    The engine sees every row, the probationary ones too (windows fill, and the score
+    history learns the first model's errors there); NAB scores only the rows after them.
+    The season is settled by the first training and kept by the retrainings, so that the
+    windows never have to fill again. `first_model` replaces the model trained on the
+    probationary period (to compare with another path using the very same weights).
     """
     n = len(cf.values)
     ts = (cf.timestamps.astype("datetime64[ms]").astype(np.int64))
     series = Series("s", ts, cf.values.astype(np.float64))
     probation = probation_length(n)
     window = series_window(cfg, probation)
-    engine = Engine(first_model or _train(series.slice(0, probation), cfg, window))
+    engine = Engine(first_model or _train(series.slice(0, probation), cfg, window, cfg.season))
+    season = engine.model.metadata.season
     errors = np.full(n, np.nan)
     mean = np.zeros(n)
     var = np.ones(n)
+    deviation = np.full(n, np.nan)
+    floor = np.zeros(n)
+    score = np.full(n, np.nan)
+    peak = np.zeros(n, bool)
     steps = engine.model.steps
     vectors = np.full((n, steps), np.nan)
     vector_mean = np.zeros((n, steps))
@@ -150,7 +178,7 @@ def file_errors(cf: CorpusFile, cfg: EvalConfig, first_model: Any = None) -> Fil
     start = 0
     for stop in boundaries:
         if start >= probation:
-            engine.set_model(_train(series.slice(0, start), cfg, window))
+            engine.set_model(_train(series.slice(0, start), cfg, window, season or "none"))
         batch = [Observation("s", int(ts[i]), float(cf.values[i]), 0, i)
                  for i in range(start, stop)]
         profile = engine.model.metadata.profiles["s"]
@@ -160,27 +188,31 @@ def file_errors(cf: CorpusFile, cfg: EvalConfig, first_model: Any = None) -> Fil
             vector_mean[start:stop] = profile.error_mean_vector
             cov[start:stop] = profile.error_cov
         for lo in range(0, len(batch), 512):
-            result = engine.process(batch[lo : lo + 512])
-            scored = [r for r in result.scored if r.error is not None]
-            rows = np.array([r.source_offset for r in scored], np.int64)
-            errors[rows] = np.array([r.error for r in scored]) / profile.scale_std
+            cols = engine.process(batch[lo : lo + 512]).columns
+            done = cols.status == SCORED
+            rows = cols.offset[done]
+            errors[rows] = cols.error[done] / profile.scale_std
+            score[rows] = cols.anomaly_score[done]
+            peak[rows] = cols.peak[done]
+            deviation[rows] = cols.deviation[done]
+            floor[rows] = MIN_SCALE * profile.scale_std
             if steps > 1:
-                cols = result.columns
                 assert cols.scaled_error is not None
-                done = cols.status == SCORED
-                vectors[cols.offset[done]] = cols.scaled_error[done]
+                vectors[rows] = cols.scaled_error[done]
         start = stop
+    calibrated = {"deviation": deviation, "floor": floor, "score": score, "peak": peak}
     if steps == 1:
-        return FileErrors(errors, mean, var)
-    return FileErrors(errors, mean, var, vectors, vector_mean, cov)
+        return FileErrors(errors, mean, var, **calibrated)
+    return FileErrors(errors, mean, var, vectors, vector_mean, cov, **calibrated)
 
 
 def persistence_errors(cf: CorpusFile) -> FileErrors:
     """The errors of the persistence forecast (next value = this value), as a baseline.
 
     Scaled and modelled as the LSTM's are: by the probationary values' spread and an ML
-    Gaussian of the probationary errors; the same post-processing then applies, so the
-    difference between the two is what the network adds. No training, no cache.
+    Gaussian of the probationary errors; the same calibration (or post-processing) then
+    applies, so the difference between the two is what the network adds. No training,
+    no cache.
     """
     v = cf.values.astype(np.float64)
     probation = probation_length(len(v))
@@ -188,7 +220,11 @@ def persistence_errors(cf: CorpusFile) -> FileErrors:
     error = np.full(len(v), np.nan)
     error[1:] = np.diff(v) / scale
     fitted = Gaussian.fit(error[1:probation])
-    return FileErrors(error, np.full(len(v), fitted.mean), np.full(len(v), fitted.var))
+    deviation = np.abs(error - fitted.mean) * scale
+    floor = np.full(len(v), MIN_SCALE * scale)
+    cols = ScoreStore().update(["s"] * len(v), deviation, floor)
+    return FileErrors(error, np.full(len(v), fitted.mean), np.full(len(v), fitted.var),
+                      deviation=deviation, floor=floor, score=cols.score, peak=cols.peak)
 
 
 def cache_path(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> Path:
@@ -197,6 +233,7 @@ def cache_path(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> Path:
         key += f"-l{cfg.steps}"
     if cfg.relative:
         key += "-rel"
+    key += f"-season-{cfg.season}"
     return cache_dir / key / (cf.name.replace("/", "__") + ".npz")
 
 
@@ -249,11 +286,9 @@ def cached_errors(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> FileError
     return fe
 
 
-def nab_scores(names: list[str], corpus: dict[str, CorpusFile],
-               errors: dict[str, FileErrors], pp: PostProcess, nab_dir: Path
-               ) -> dict[str, Any]:
+def nab_scores(names: list[str], corpus: dict[str, CorpusFile], per_row: dict[str, F64],
+               nab_dir: Path) -> dict[str, Any]:
     """Normalised NAB scores (and per-file raw scores) under each profile."""
-    per_row = {n: errors[n].scores(pp) for n in names}
     n_windows = sum(len(corpus[n].windows) for n in names)
     prepared = {n: prepare_file(per_row[n], corpus[n].windows) for n in names}
     out: dict[str, Any] = {"per_file": {}, "per_row": per_row}
@@ -383,7 +418,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise DataError(f"{nab_dir / 'data'} holds no <category>/<name>.csv files")
     cfg = EvalConfig(window=args.window, units=args.units, epochs=args.epochs,
                      retrain=args.retrain, seed=args.seed, steps=args.steps,
-                     relative=args.relative)
+                     relative=args.relative, season=args.season)
     corpus = checked_corpus(nab_dir, names, None if args.persistence else cfg)
     whole = set(names) == set(data_files(nab_dir))
     out = _writable(Path(args.out or args.out_dir / "evaluate.json"))
@@ -398,6 +433,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     pp = PostProcess(horizon=args.horizon, smooth=args.smooth, group=args.group,
                      likelihood=args.likelihood, likelihood_avg=args.likelihood_avg,
                      calibrate=args.calibrate, calibrate_rows=args.calibrate_rows)
+    # Without an offline variant, the scores are the engine's, as the stream gives them.
+    offline = pp != PostProcess()
+    rule = ScoreRule(pane=100, panes=args.reference_rows // 100, group_pane=20,
+                     group_panes=args.peak_rows // 20)
     out_dir: Path = args.out_dir
     started = time.monotonic()
     errors: dict[str, FileErrors] = {}
@@ -413,7 +452,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
               f"{time.monotonic() - t0:.0f} s (elapsed {elapsed / 60:.1f} min, about "
               f"{elapsed / i * (len(names) - i) / 60:.0f} min left)", flush=True)
 
-    result = nab_scores(names, corpus, errors, pp, nab_dir)
+    per_row = {n: errors[n].scores(pp) if offline else errors[n].nab_scores(rule)
+               for n in names}
+    result = nab_scores(names, corpus, per_row, nab_dir)
     for name in names:
         cf = corpus[name]
         write_results(out_dir / "results" / Path(name).parent / f"{detector}_{Path(name).name}",
@@ -422,7 +463,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "command": "anomaly evaluate " + shlex.join(sys.argv[2:]),
         "files": len(names), "windows": sum(len(corpus[n].windows) for n in names),
         "model": {"persistence": True} if args.persistence else cfg.__dict__,
-        "postprocess": pp.__dict__,
+        "postprocess": pp.__dict__ if offline else {"calibration": rule.__dict__},
         **{k: v for k, v in result.items() if k != "per_row"},
         "seconds": round(time.monotonic() - started, 1),
         # Files whose errors (training and streaming, the slow part) came from an earlier
@@ -462,7 +503,8 @@ def sweep(names: list[str], corpus: dict[str, CorpusFile], errors: dict[str, Fil
             for smooth in (1, 3, 10):
                 for group in (0, 50, 200):
                     pp = PostProcess(horizon, smooth, group, **transform)
-                    r = nab_scores(names, corpus, errors, pp, nab_dir)
+                    r = nab_scores(names, corpus, {n: errors[n].scores(pp) for n in names},
+                                   nab_dir)
                     rows.append({**pp.__dict__, **{p: r[p] for p in PROFILES}})
                     print(f"  {pp.label():55s} "
                           + " ".join(f"{r[p]:6.1f}" for p in PROFILES), flush=True)

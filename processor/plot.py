@@ -1,8 +1,10 @@
 """One PNG per series that shows what the detector saw, predicted and flagged.
 
-Three panels: values against the prediction and its normal band (where anomalies stand
-out), the anomaly score against the threshold (how close calls were), and the scaled
-errors against the fitted Gaussian (whether the error model still fits the data).
+Panels: values against the prediction and its normal band (where anomalies stand out,
+and alerts are ringed), the log-PD against the model's threshold (how close calls were),
+the anomaly score the alerts come from against the alert score (when the records carry
+it), and the scaled errors against the fitted Gaussian (whether the error model still
+fits the data).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ REQUIRED_COLUMNS = ("key", "timestamp", "status", "anomaly", *_FLOAT_COLUMNS)
 _STYLE: dict[Any, Any] = {"axes.grid": True, "grid.alpha": 0.3, "legend.framealpha": 0.85}
 _BAND_LABEL = "normal band (log-PD >= threshold)"
 _ANOMALY = "#d62728"
+_ALERT = "#6a0dad"
 F64 = npt.NDArray[np.float64]
 
 
@@ -77,7 +80,14 @@ def _normalise(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     for column in _FLOAT_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     # CSV gives "True"/"False" text, JSON gives booleans; both read the same.
-    frame["anomaly"] = frame["anomaly"].astype(str).str.strip().str.lower().isin(["true", "1"])
+    for flag in ("anomaly", "alert", "peak"):
+        if flag in frame.columns:
+            frame[flag] = frame[flag].astype(str).str.strip().str.lower().isin(["true", "1"])
+        else:  # records from before the anomaly score existed
+            frame[flag] = False
+    score = frame["anomaly_score"] if "anomaly_score" in frame.columns else pd.Series(
+        np.nan, index=frame.index)
+    frame["anomaly_score"] = pd.to_numeric(score, errors="coerce").astype("float64")
     frame["status"] = frame["status"].astype(str)
     return frame.sort_values(["key", "timestamp"], kind="stable").reset_index(drop=True)
 
@@ -91,12 +101,14 @@ def render(
     gaussian: tuple[float, float] | None = None,
     scale: float | None = None,
     title: str | None = None,
+    alert_score: float | None = None,
 ) -> Path:
-    """Write the three-panel PNG for one key and return its path.
+    """Write the PNG for one key and return its path.
 
     ``windows`` are labelled anomaly windows as inclusive epoch-millisecond pairs;
     ``gaussian`` is the error model's (mean, var) in scaled units; ``scale`` is the key's
-    scaler std (inferred from the band width and ``gaussian`` when omitted).
+    scaler std (inferred from the band width and ``gaussian`` when omitted);
+    ``alert_score`` is drawn on the anomaly score panel.
     """
     key, series = _select_key(frame, key)
     scored = series[(series["status"] == Status.SCORED.value) & series["prediction"].notna()]
@@ -107,13 +119,19 @@ def render(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with plt.rc_context(_STYLE):
-        fig = plt.figure(figsize=(14, 10), dpi=110, layout="constrained")
+        calibrated = bool(scored["anomaly_score"].notna().any())
+        ratios = (3.0, 1.4, 1.2, 1.6) if calibrated else (3.0, 1.4, 1.6)
+        fig = plt.figure(figsize=(14, 12 if calibrated else 10), dpi=110,
+                         layout="constrained")
         try:
-            grid = fig.add_gridspec(3, 1, height_ratios=(3.0, 1.4, 1.6))
+            grid = fig.add_gridspec(len(ratios), 1, height_ratios=ratios)
             ax_val = fig.add_subplot(grid[0])
             _values_panel(ax_val, series, scored, windows, pad_ms)
             _score_panel(fig.add_subplot(grid[1], sharex=ax_val), scored, windows, pad_ms)
-            _error_panel(fig.add_subplot(grid[2]), scored, gaussian, scale)
+            if calibrated:
+                _calibrated_panel(fig.add_subplot(grid[2], sharex=ax_val), scored, windows,
+                                  pad_ms, alert_score)
+            _error_panel(fig.add_subplot(grid[-1]), scored, gaussian, scale)
             ax_val.set_title(title or _default_title(key, series))
             fig.savefig(out, dpi=110)
         finally:
@@ -183,9 +201,32 @@ def _values_panel(ax: Axes, series: pd.DataFrame, scored: pd.DataFrame,
     hits = series[series["anomaly"]]
     ax.scatter(_times(hits), hits["value"].to_numpy(), s=36, color=_ANOMALY, edgecolor="white",
                lw=0.6, zorder=5, label=f"anomaly ({len(hits)})")
+    alerts = series[series["alert"]]
+    if len(alerts):
+        ax.scatter(_times(alerts), alerts["value"].to_numpy(), s=150, facecolor="none",
+                   edgecolor=_ALERT, lw=1.8, zorder=6, label=f"alert ({len(alerts)})")
     _shade_windows(ax, windows, "labelled anomaly window", pad_ms)
     ax.set_ylabel("value")
     ax.legend(loc="lower left", fontsize=8, ncols=3)
+    ax.tick_params(labelbottom=False)
+
+
+def _calibrated_panel(ax: Axes, scored: pd.DataFrame, windows: Sequence[tuple[int, int]],
+                      pad_ms: float, alert_score: float | None) -> None:
+    """The anomaly score (comparable across keys), peaks, and the alerts among them."""
+    t = _times(scored)
+    score = scored["anomaly_score"].to_numpy(np.float64)
+    _shade_windows(ax, windows, None, pad_ms)
+    ax.plot(t, score, color="#4a4a4a", lw=0.7, label="anomaly score")
+    peak = scored["peak"].to_numpy(bool) & np.isfinite(score)
+    ax.scatter(t[peak], score[peak], s=10, color="#8c8c8c", zorder=4, label="peak")
+    alert = scored["alert"].to_numpy(bool)
+    ax.scatter(t[alert], score[alert], s=40, color=_ALERT, zorder=5, label="alert")
+    if alert_score is not None:
+        ax.axhline(alert_score, color=_ALERT, ls="--", lw=1.2, label="alert score")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("anomaly score")
+    ax.legend(loc="upper left", fontsize=8, ncols=4)
     ax.tick_params(labelbottom=False)
 
 

@@ -27,7 +27,14 @@ from pydantic import (
     model_validator,
 )
 
-from processor.gaussian import band_half_width, line_band, log_pdf, mv_log_pdf, whitening
+from processor.gaussian import (
+    band_half_width,
+    line_band,
+    log_pdf,
+    mahalanobis_sq,
+    mv_log_pdf,
+    whitening,
+)
 
 FloatArray = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -131,6 +138,12 @@ class Scores:
     anomaly: npt.NDArray[np.bool_]
     band_low: F64
     band_high: F64
+    #: How far the error lies from the Gaussian's mean, in value units: |error - mean *
+    #: scale|; for l steps the Mahalanobis distance of the error vector times the one-step
+    #: error's scale. Falls as log-PD rises; `processor.calibration` scores it per key.
+    deviation: F64
+    #: Below this a deviation is rounding: a millionth of the key's scale.
+    deviation_floor: F64
 
 
 def score_windows(
@@ -193,6 +206,8 @@ def score_predictions(
         whiten = table.whiten[profile_index]
         logdet = table.logdet[profile_index]
         lpd = mv_log_pdf(scaled_error, err_mean, whiten, logdet)
+        one_step_sd = np.sqrt(table.error_var[profile_index])  # the one-step marginal
+        deviation = np.sqrt(mahalanobis_sq(scaled_error, err_mean, whiten)) * one_step_sd * std
         prediction = pred_scaled[:, 0] * std + mean
         # The band: the values of x_t whose whole error vector would score >= threshold.
         middle, half = line_band(pred_scaled + err_mean, whiten, logdet, thr)
@@ -203,6 +218,7 @@ def score_predictions(
         err_mean = table.error_mean[profile_index]
         err_var = table.error_var[profile_index]
         lpd = log_pdf(scaled_error, err_mean, err_var)
+        deviation = np.abs(scaled_error - err_mean) * std
         half = band_half_width(err_var, thr)
         low, high = prediction + (err_mean - half) * std, prediction + (err_mean + half) * std
     return Scores(
@@ -214,6 +230,8 @@ def score_predictions(
         anomaly=lpd < thr,
         band_low=low,
         band_high=high,
+        deviation=deviation,
+        deviation_floor=MIN_SCALE * std,
     )
 
 

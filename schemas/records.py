@@ -133,11 +133,13 @@ class ScoredRecord(_Wire):
     error: float | None = Field(default=None, description="value - prediction, in value units.")
     log_pd: float | None = Field(
         default=None,
-        description="Log probability density of the scaled error under the key's Gaussian: "
-        "the anomaly score (lower = more anomalous).",
+        description="Log probability density of the scaled error under the key's Gaussian "
+        "(lower = more anomalous).",
     )
-    threshold: float | None = Field(default=None, description="log_pd below this is anomalous.")
-    anomaly: bool = False
+    threshold: float | None = Field(
+        default=None, description="The model's threshold on log_pd, chosen on validation data.")
+    anomaly: bool = Field(default=False, description="log_pd is below threshold: the value "
+                          "lies outside [band_low, band_high].")
     band_low: float | None = Field(
         default=None, description="Lowest value that would not have been anomalous."
     )
@@ -149,13 +151,23 @@ class ScoredRecord(_Wire):
         description="'key' when the model was trained on this key, 'default' when the pooled "
         "fallback profile scored it.",
     )
+    anomaly_score: float | None = Field(
+        default=None, ge=0, le=1,
+        description="How unusual the error is for this key, comparable across keys: r / (1 + "
+        "r), r = the error's distance from the Gaussian's mean over the key's recent "
+        "one-in-a-thousand such distance (0.5: as large as that). None until the key has "
+        "100 scored records.")
+    peak: bool = Field(default=False, description="anomaly_score is above every score of "
+                       "the key's previous 200 records: an incident starts or grows.")
+    alert: bool = Field(default=False, description="A peak whose anomaly_score reaches the "
+                        "processor's alert score; such records also go to the alert topic.")
     model_version: str | None = None
     source_partition: int = Field(ge=0)
     source_offset: int = Field(ge=0)
 
 
 class Alert(_Wire):
-    """What an on-call subscriber needs to act on one anomalous observation."""
+    """What an on-call subscriber needs to act on one incident: its peak observation."""
 
     key: SeriesKey
     timestamp: UtcTime
@@ -166,6 +178,7 @@ class Alert(_Wire):
     error: float
     log_pd: float
     threshold: float
+    anomaly_score: float = Field(ge=0, le=1, description="See ScoredRecord.anomaly_score.")
     model_version: str
     detected_at: UtcTime = Field(description="Wall-clock time the processor raised the alert.")
 

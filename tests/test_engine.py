@@ -50,17 +50,45 @@ def test_filling_then_scored_with_persistence_errors():
     assert r.band_low < r.prediction < r.band_high
 
 
-def test_spike_is_anomalous_and_alerted():
+def test_spike_is_anomalous_and_alerted_once_the_key_has_a_history():
     engine = Engine(model())
-    values = [10.0, 10.0, 10.0, 10.0, 40.0, 10.0]
-    out = engine.process([obs("a", t, v) for t, v in enumerate(values)])
-    flags = [r.anomaly for r in out.scored]
-    assert flags[4] is True and flags[3] is False
-    assert [a.timestamp for a in out.alerts] == [out.scored[4].timestamp] + (
-        [out.scored[5].timestamp] if flags[5] else [])
-    assert out.alerts[0].value == 40.0 and out.alerts[0].expected == pytest.approx(10.0)
+    rng = np.random.default_rng(0)
+    values = 10.0 + rng.normal(0, 0.1, 400)
+    values[50] += 5.0  # before the key has 100 scored errors: learnt, not scored
+    values[250] += 30.0  # six times the largest error seen
+    values[300] += 15.0  # half the spike 50 rows before: no new peak
+    out = engine.process([obs("a", t, float(v)) for t, v in enumerate(values)])
+    rec = out.scored
+    assert rec[50].anomaly and rec[250].anomaly and rec[300].anomaly  # outside the band
+    assert rec[50].anomaly_score is None and not rec[50].alert  # warming up: no score
+    assert rec[250].anomaly_score == pytest.approx(6 / 7, abs=0.01)  # r / (1 + r), r ~ 6
+    assert rec[250].peak and rec[250].alert
+    # Its reference is now the spike at 250 itself: r ~ 1/2.
+    assert rec[300].anomaly_score == pytest.approx(1 / 3, abs=0.01)
+    assert not rec[300].peak and not rec[300].alert
+    # One alert: the spike at 250 (its echo at 251, when the spike leaves the window and
+    # the persistence forecast is off by as much, peaks no higher).
+    assert [a.timestamp for a in out.alerts] == [rec[250].timestamp]
+    assert out.alerts[0].value == pytest.approx(values[250])
+    assert out.alerts[0].expected == pytest.approx(values[249])
+    assert out.alerts[0].anomaly_score == rec[250].anomaly_score
     # The band says what would have been normal; the spike lies outside it.
-    assert not out.scored[4].band_low <= 40.0 <= out.scored[4].band_high
+    assert not rec[250].band_low <= values[250] <= rec[250].band_high
+
+
+def test_anomaly_scores_are_comparable_across_keys_of_different_scale():
+    """Two keys with the same pattern at scales a thousandfold apart score alike."""
+    engine = Engine(model())
+    rng = np.random.default_rng(1)
+    base = rng.normal(0, 1, 300)
+    base[280] += 12
+    rows = [obs(k, t, float(scale * base[t]))
+            for t in range(300) for k, scale in (("a", 1.0), ("b", 1000.0))]
+    out = engine.process(rows)
+    a = [r.anomaly_score for r in out.scored if r.key == "a"]
+    b = [r.anomaly_score for r in out.scored if r.key == "b"]
+    assert a[280] is not None and a[280] > 0.5
+    np.testing.assert_allclose(np.array(a[150:], float), np.array(b[150:], float), rtol=1e-4)
 
 
 def test_unseen_key_uses_default_profile():

@@ -49,10 +49,11 @@ def test_model_variants_do_not_share_cached_errors(tmp_path: Path) -> None:
     cf = CorpusFile("realKnownCause/nyc_taxi.csv", np.array([], "datetime64[ms]"),
                     np.array([]), [])
     keys = {cache_path(cf, cfg, tmp_path).parent.name for cfg in (
-        EvalConfig(), EvalConfig(relative=True), EvalConfig(steps=3), EvalConfig(window=96))}
-    assert len(keys) == 4
-    # The plain one-step key is unchanged, so earlier caches stay valid.
-    assert cache_path(cf, EvalConfig(), tmp_path).parent.name == "w30-u32-e30-doubling-s0"
+        EvalConfig(), EvalConfig(relative=True), EvalConfig(steps=3), EvalConfig(window=96),
+        EvalConfig(season="none"), EvalConfig(season=48))}
+    assert len(keys) == 6
+    assert cache_path(cf, EvalConfig(), tmp_path).parent.name == \
+        "w30-u32-e30-doubling-s0-season-day"
 
 
 def test_scores_say_how_many_windows_were_detected_and_rows_outside_them() -> None:
@@ -65,7 +66,8 @@ def test_scores_say_how_many_windows_were_detected_and_rows_outside_them() -> No
     cf = CorpusFile("a/x.csv", np.arange(n).astype("datetime64[m]"), np.zeros(n),
                     [(500, 549), (600, 649)])
     fe = FileErrors(error, np.zeros(n), np.ones(n))
-    out = nab_scores(["a/x.csv"], {"a/x.csv": cf}, {"a/x.csv": fe}, PostProcess(), NAB_DIR)
+    out = nab_scores(["a/x.csv"], {"a/x.csv": cf}, {"a/x.csv": fe.scores(PostProcess())},
+                     NAB_DIR)
     for profile in ("standard", "reward_low_FP_rate", "reward_low_FN_rate"):
         assert out[f"{profile}_windows_detected"] == 1
         assert out[f"{profile}_fp_rows"] == 1

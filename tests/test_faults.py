@@ -67,7 +67,8 @@ def series() -> Series:
 @pytest.fixture(scope="module")
 def model_dir(series: Series, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real model for the module: trained once, saved to a store every test shares."""
-    cfg = TrainConfig(name="m", window=16, units=16, epochs=3, batch_size=128, verbose=0)
+    cfg = TrainConfig(name="m", window=16, units=16, epochs=3, batch_size=128, season="none",
+                      verbose=0)
     outcome = train([series.slice(0, 4000)], cfg, "test")
     return save_version(tmp_path_factory.mktemp("store"), outcome.metadata, outcome.network)
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from processor.calibration import ScoreColumns, nab_score
 from processor.config import Settings
 from processor.dataset import Series
 from processor.evaluate import EvalConfig, _train, file_errors
 from processor.model_store import read_metadata, save_version
 from processor.nab.corpus import load_corpus
 from processor.nab.scoring import probation_length
-from processor.postprocess import PostProcess, scores
 from processor.stream.app import Processor
 from processor.stream.clients import ensure_topics
 from processor.stream.model_topic import announce, announcement_for
@@ -35,7 +35,8 @@ def test_stream_and_offline_evaluation_agree(kafka_bootstrap, tmp_path):
     ts = cf.timestamps.astype("datetime64[ms]").astype(np.int64)
     n = len(cf.values)
     model = _train(Series("s", ts, cf.values.astype(np.float64)).slice(0, probation_length(n)),
-                   cfg)
+                   cfg, 16, cfg.season)
+    assert model.metadata.season == 288  # the default: it reads the day before too
     offline = file_errors(cf, cfg, first_model=model)
 
     run = uuid.uuid4().hex[:8]
@@ -75,11 +76,19 @@ def test_stream_and_offline_evaluation_agree(kafka_bootstrap, tmp_path):
 
     profile = model.metadata.profiles["s"]
     streamed = np.full(n, np.nan)
+    score = np.full(n, np.nan)
+    peak = np.zeros(n, bool)
     for r in got:
         if r.error is not None:
             streamed[r.source_offset] = r.error / profile.scale_std
+        if r.anomaly_score is not None:
+            score[r.source_offset] = r.anomaly_score
+        peak[r.source_offset] = r.peak
     np.testing.assert_array_equal(np.isnan(streamed), np.isnan(offline.error))
     np.testing.assert_allclose(streamed, offline.error, rtol=1e-12, equal_nan=True)
-    pp = PostProcess(horizon=500, smooth=3, group=50)
-    np.testing.assert_allclose(scores(streamed, offline.mean, offline.var, pp),
-                               scores(offline.error, offline.mean, offline.var, pp), rtol=1e-12)
+    # The anomaly scores, peaks and so NAB's per-row scores are the offline ones exactly.
+    assert offline.score is not None and offline.peak is not None
+    np.testing.assert_array_equal(score, offline.score)
+    np.testing.assert_array_equal(peak, offline.peak)
+    np.testing.assert_array_equal(nab_score(ScoreColumns(score, peak)), offline.nab_scores())
+    assert peak.sum() > 3 and np.isfinite(score).sum() > n // 2

@@ -64,7 +64,7 @@ def test_probes_and_metrics_follow_the_processor(kafka_bootstrap, tmp_path):
 
         series = read_csv(MACHINE_TEMP).slice(0, 2000)
         outcome = train([series], TrainConfig(name="m", window=16, units=8, epochs=1,
-                                              verbose=0), "test")
+                                              season="none", verbose=0), "test")
         path = save_version(s.model_store, outcome.metadata, outcome.network)
         announce(s, announcement_for(read_metadata(path), path))
         deadline = time.monotonic() + 60

@@ -266,9 +266,9 @@ def test_error_cache_keeps_the_one_step_format_and_adds_steps(tmp_path, monkeypa
             assert (getattr(got, name) is None) == (want is None)
             if want is not None:
                 np.testing.assert_array_equal(getattr(got, name), want)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["w30-u32-e30-doubling-s0",
-                                                          "w30-u32-e30-doubling-s0-l3"]
-    with np.load(tmp_path / "w30-u32-e30-doubling-s0" / "cat__x.csv.npz") as data:
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "w30-u32-e30-doubling-s0-l3-season-day", "w30-u32-e30-doubling-s0-season-day"]
+    with np.load(tmp_path / "w30-u32-e30-doubling-s0-season-day" / "cat__x.csv.npz") as data:
         assert sorted(data.files) == ["error", "fingerprint", "mean", "var"]
     pp = PostProcess()
     np.testing.assert_array_equal(one.scores(pp), scores(one.error, one.mean, one.var, pp))

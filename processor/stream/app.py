@@ -1,7 +1,8 @@
 """The stream processor: consume a batch, score it with one forward pass, emit, commit.
 
 Exactly once (the default): each batch is one Kafka transaction holding its scored
-records, alerts, dead letters, the window state of every key it touched (changelog) and
+records, alerts, dead letters, the state of every key it touched (window and score
+history, on the changelog) and
 the consumed offsets (`send_offsets_to_transaction` with the consumer's group metadata,
 which also fences zombie instances). If the transaction has to be aborted, the processor
 rewinds to the committed offsets and restores the committed windows, so nothing is
@@ -14,7 +15,8 @@ order.
 
 Pipelined, in three threads: the main thread polls, decodes and advances the windows
 (`Engine.prepare`); a scoring thread runs the forward pass alone (`Engine.forward`); a
-commit thread scores (`Engine.score`), encodes, produces and commits in order, every
+commit thread scores (`Engine.score`, which learns each key's score history, so batches
+are scored in order), encodes, produces and commits in order, every
 batch through the model by then in one transaction (so light load does not queue a
 transaction per small batch). The forward pass releases the GIL, so the model works
 while the other two run Python, and the model's thread needs the GIL only to start a
@@ -59,6 +61,7 @@ from processor.stream.scheduling import (
     yield_to_inference,
 )
 from processor.stream.spill import SpillStore
+from processor.windows import StateColumns
 from schemas.records import DeadLetter, ModelAnnouncement
 
 log = structlog.get_logger(__name__)
@@ -107,7 +110,7 @@ class Batch:
 
     records: list[RawRecord]
     pending: Pending
-    other: list[Output]  # dead letters and changelog entries, known before scoring
+    other: list[Output]  # dead letters, known before scoring
     dead_letters: int
     last_offsets: dict[tuple[str, int], int]  # (topic, partition) -> last offset in it
     group_metadata: object = None  # the consumer's, for send_offsets_to_transaction
@@ -118,6 +121,7 @@ class Batch:
     result: BatchResult | None = None  # its scores, set by the commit thread
     taken: bool = False  # picked up by a commit (its own or an earlier batch's)
     outcome: Committed | None = None  # set once committed
+    states: StateColumns | None = None  # the touched keys' windows after this batch
 
 
 @dataclass(frozen=True)
@@ -188,7 +192,7 @@ class Processor:
         inner, hist = model.predictor, self.metrics.inference_seconds
 
         class Timed:
-            window = model.window
+            window = model.input_width
 
             def __call__(self, windows: Any) -> Any:
                 started = time.perf_counter()
@@ -203,7 +207,7 @@ class Processor:
     def _activate(self, model: LoadedModel) -> None:
         if self._engine is None:
             self._engine = Engine(model, self.settings.initial_key_capacity,
-                                  self.settings.gap_reset_intervals)
+                                  self.settings.gap_reset_intervals, self.settings.alert_score)
         else:
             self._engine.set_model(model)
         self.counters.model_version = model.version
@@ -235,7 +239,7 @@ class Processor:
         forward pass to learn from) the cap would stay, throttling the whole stream.
         """
         n = max(1, min(256, self.settings.batch_max_records))
-        probe = np.zeros((n, model.window), np.float32)
+        probe = np.zeros((n, model.input_width), np.float32)
         model.predictor(probe)  # the first call may trace the graph
         started = time.perf_counter()
         model.predictor(probe)
@@ -366,7 +370,7 @@ class Processor:
 
     def _forget(self, partitions: set[int]) -> None:
         assert self._engine is not None and self._spill is not None
-        dropped = self._engine.windows.drop_partitions(partitions)
+        dropped = self._engine.drop_partitions(partitions)
         self._spill.drop_partitions(partitions)
         self.assigned -= partitions
         self.health.assigned = bool(self.assigned)
@@ -377,10 +381,10 @@ class Processor:
 
     def _restore(self, partitions: set[int]) -> None:
         assert self._engine is not None and self._spill is not None
-        self._engine.windows.drop_partitions(partitions)
+        self._engine.drop_partitions(partitions)
         self._spill.drop_partitions(partitions)
         self.health.restored = False
-        stats = restore(self.settings, partitions, self._engine.windows, time.monotonic(),
+        stats = restore(self.settings, partitions, self._engine, time.monotonic(),
                         on_progress=self.health.beat)
         self.metrics.restore_seconds.observe(stats.seconds)
         self.health.restored = True
@@ -551,7 +555,7 @@ class Processor:
 
     def _prepare(self, records: list[RawRecord], consumer: Consumer) -> Batch:
         """Decode and advance the windows (main thread, in arrival order); the dead
-        letters and the changelog entries of the new window states."""
+        letters and the touched keys' new windows (for the changelog)."""
         assert self._engine is not None
         s, started = self.settings, time.monotonic()
         observations, dead = [], []
@@ -576,14 +580,11 @@ class Processor:
             self.metrics.dead_letters.labels(reason=d.reason.value).inc()
             log.warning("dead_letter", reason=d.reason.value, detail=d.detail,
                         partition=d.source_partition, offset=d.source_offset)
+        # The touched keys' windows now; their score histories join them once scored.
         states = self._engine.windows.snapshot(list(dict.fromkeys(o.key for o in observations)))
-        other.extend(
-            Output(self._changelog, key.encode(), data, partition)
-            for key, data, partition in zip(states.keys, encode_states(states),
-                                            states.partition.tolist(), strict=True))
         metadata = consumer.consumer_group_metadata() if self._eos else None
         return Batch(records, pending, other, len(dead), _last_offsets(records), metadata,
-                     started)
+                     started, states=states)
 
     def _forward(self, batch: Batch) -> None:
         """The forward pass (scoring thread): nothing else, so the model is kept busy."""
@@ -639,22 +640,32 @@ class Processor:
         scored_values: list[bytes] = []
         other: list[Output] = []
         alerts: list[int] = []
+        engine = self._engine
+        assert engine is not None
         for batch in group:
-            assert batch.prediction is not None
-            batch.result = result = Engine.score(batch.pending, batch.prediction)
+            assert batch.prediction is not None and batch.states is not None
+            batch.result = result = engine.score(batch.pending, batch.prediction)
             cols = result.columns
             n = 0
-            for r in result.anomalies():
+            for r in result.alerted():
                 alert = to_alert(r, now)
                 other.append(Output(s.alert_topic, alert.key.encode(), encode(alert)))
                 n += 1
                 log.info("alert", key=alert.key, observed_at=alert.timestamp.isoformat(),
-                         value=alert.value, expected=alert.expected, log_pd=alert.log_pd,
-                         partition=r.source_partition, offset=r.source_offset)
+                         value=alert.value, expected=alert.expected,
+                         anomaly_score=alert.anomaly_score, partition=r.source_partition,
+                         offset=r.source_offset)
             alerts.append(n)
             scored_keys.extend(key.encode() for key in cols.keys)
             scored_values.extend(cols.to_json())
             other.extend(batch.other)
+            # Window after this batch (from `_prepare`) and score history after it (now).
+            states = batch.states
+            other.extend(
+                Output(self._changelog, key.encode(), data, partition)
+                for key, data, partition in zip(
+                    states.keys, encode_states(states, engine.scores.states(states.keys)),
+                    states.partition.tolist(), strict=True))
         if self._eos:
             last: dict[tuple[str, int], int] = {}
             for batch in group:  # in input order: later batches' offsets win
@@ -776,29 +787,30 @@ class Processor:
     # -- idle keys ------------------------------------------------------------------
     def _evict_idle(self) -> None:
         assert self._engine is not None and self._spill is not None
-        windows = self._engine.windows
-        idle = windows.idle_keys(time.monotonic() - self.settings.idle_evict_s)
+        engine = self._engine
+        idle = engine.windows.idle_keys(time.monotonic() - self.settings.idle_evict_s)
         if not idle:
             return
+        # Their last scores must be in the score histories spilled with them.
+        self._settle()
         items = []
         for key in idle:
-            state = windows.state(key)
+            state = engine.key_state(key)
             if state is not None:
-                items.append((key, state.partition, encode_state(state)))
+                items.append((key, state[0].partition, encode_state(*state)))
         self._spill.put_many(items)
-        for key in idle:
-            windows.remove(key)
+        engine.remove_keys(idle)
         self.counters.evicted_keys += len(idle)
-        log.info("keys_evicted", keys=len(idle), in_memory=len(windows))
+        log.info("keys_evicted", keys=len(idle), in_memory=len(engine.windows))
 
     def _unspill(self, keys: list[str]) -> None:
         assert self._engine is not None and self._spill is not None
-        windows = self._engine.windows
-        missing = [k for k in dict.fromkeys(keys) if k not in windows]
+        engine = self._engine
+        missing = [k for k in dict.fromkeys(keys) if k not in engine.windows]
         if missing and self.settings.idle_evict_s:
             now = time.monotonic()
             for key, data in self._spill.take_many(missing).items():
-                windows.put(key, decode_state(data), now)
+                engine.put_key(key, *decode_state(data), now=now)
 
     def _summary(self) -> dict[str, object]:
         c = self.counters

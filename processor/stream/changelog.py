@@ -1,4 +1,5 @@
-"""The per-key window state on a compacted changelog topic, and restoring it.
+"""The per-key state (window and score history) on a compacted changelog topic, and
+restoring it.
 
 The changelog is co-partitioned with the input topic: a key's state lives in the changelog
 partition with the number of the input partition the key arrives on, so a processor that
@@ -14,32 +15,45 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from processor.calibration import KeyScoreState
 from processor.config import Settings
 from processor.stream.clients import base_config
-from processor.windows import KeyState, StateColumns, WindowStore
+from processor.windows import KeyState, StateColumns
+
+if TYPE_CHECKING:
+    from processor.engine import Engine
 
 log = structlog.get_logger(__name__)
 
-_FORMAT = 1
+#: Format 1 held the window alone; 2 appends the score history.
+_FORMAT = 2
 _HEADER = struct.Struct("<BqqiH")  # format, count, last_ts, partition, number of values
+_SCORES = struct.Struct("<qHH")  # deviations seen, reference panes + 1, peak panes + 1
 
 
 class RestoreError(Exception):
     """The changelog could not be read to its end in time."""
 
 
-def encode_state(state: KeyState) -> bytes:
+def _encode_scores(scores: KeyScoreState) -> bytes:
+    return (_SCORES.pack(scores.seen, len(scores.top), len(scores.peaks))
+            + np.ascontiguousarray(scores.top, dtype="<f4").tobytes()
+            + np.ascontiguousarray(scores.peaks, dtype="<f4").tobytes())
+
+
+def encode_state(state: KeyState, scores: KeyScoreState) -> bytes:
     values = np.ascontiguousarray(state.values, dtype="<f4")
-    return _HEADER.pack(_FORMAT, state.count, state.last_ts, state.partition,
-                        len(values)) + values.tobytes()
+    return (_HEADER.pack(_FORMAT, state.count, state.last_ts, state.partition, len(values))
+            + values.tobytes() + _encode_scores(scores))
 
 
-def encode_states(states: StateColumns) -> list[bytes]:
+def encode_states(states: StateColumns, scores: list[KeyScoreState]) -> list[bytes]:
     """`encode_state` for many keys at once, byte for byte the same."""
     rows = np.ascontiguousarray(states.values, dtype="<f4")
     width = rows.shape[1]
@@ -49,16 +63,27 @@ def encode_states(states: StateColumns) -> list[bytes]:
             states.count.tolist(), states.last_ts.tolist(), states.partition.tolist(),
             strict=True)):
         n = min(count, width)
-        out.append(pack(_FORMAT, count, last_ts, partition, n) + rows[i, width - n:].tobytes())
+        out.append(pack(_FORMAT, count, last_ts, partition, n) + rows[i, width - n:].tobytes()
+                   + _encode_scores(scores[i]))
     return out
 
 
-def decode_state(data: bytes) -> KeyState:
+def decode_state(data: bytes) -> tuple[KeyState, KeyScoreState | None]:
+    """The window and, from format 2 on, the score history (None: start one afresh)."""
     fmt, count, last_ts, partition, n = _HEADER.unpack_from(data)
-    if fmt != _FORMAT:
+    if fmt not in (1, 2):
         raise ValueError(f"unknown changelog format {fmt}")
     values = np.frombuffer(data, dtype="<f4", count=n, offset=_HEADER.size).astype(np.float32)
-    return KeyState(values, count, last_ts, partition)
+    state = KeyState(values, count, last_ts, partition)
+    if fmt == 1:
+        return state, None
+    at = _HEADER.size + 4 * n
+    seen, panes, peaks = _SCORES.unpack_from(data, at)
+    at += _SCORES.size
+    top = np.frombuffer(data, "<f4", 2 * panes, at).reshape(panes, 2).astype(np.float32)
+    at += 8 * panes
+    peak = np.frombuffer(data, "<f4", peaks, at).astype(np.float32)
+    return state, KeyScoreState(seen, top, peak)
 
 
 @dataclass(frozen=True)
@@ -69,9 +94,9 @@ class RestoreStats:
     seconds: float
 
 
-def restore(settings: Settings, partitions: Iterable[int], store: WindowStore,
+def restore(settings: Settings, partitions: Iterable[int], engine: Engine,
             now: float = 0.0, on_progress: Callable[[], None] | None = None) -> RestoreStats:
-    """Read the changelog partitions from the start to their current end into `store`.
+    """Read the changelog partitions from the start to their current end into `engine`.
 
     Bounded by `settings.restore_timeout_s`; progress is logged every few seconds.
     """
@@ -116,9 +141,9 @@ def restore(settings: Settings, partitions: Iterable[int], store: WindowStore,
                 records += 1
                 keys.add(key)
                 if value is None:
-                    store.remove(key)
+                    engine.remove_keys([key])
                 else:
-                    store.put(key, decode_state(value), now)
+                    engine.put_key(key, *decode_state(value), now=now)
             if on_progress is not None:
                 on_progress()  # a long restore is progress, not a stalled loop
             if time.monotonic() - last_log > 5:

@@ -15,8 +15,10 @@ compare either. Per key, in order:
 - anomaly score s = r / (1 + r), r = d / reference: 0.5 is an error as large as that, 0.9
   nine times as large. None until the key has `min_rows` deviations;
 - peak: s is above every score of the key's previous 200 to 220 records, so an incident
-  (a burst of large errors, a level shift that stays) peaks once rather than on every row.
-  An alert is a peak whose score reaches the alert threshold.
+  (a burst of large errors, a level shift that stays) peaks once rather than on every row;
+- alert: a peak whose score is above the alert score (0.5: r > 1, an error larger than
+  the reference), unless the key alerted in its previous 100 records: an incident that
+  grows over a few rows alerts once, as alerting systems group repeats.
 
 State is a few dozen numbers per key, whatever the history length: the history is kept
 in panes (as hopping windows are), each pane holding the two largest deviations of its
@@ -37,6 +39,7 @@ F64 = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 EMPTY = -np.inf
+NEVER = -(2**62)  # `alerted` of a key that has not alerted
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class ScoreRule:
     min_rows: int = 100  # deviations seen before a key is scored
     group_pane: int = 20  # scores per peak pane
     group_panes: int = 10  # complete peak panes: the previous 200-220 rows
+    alert_score: float = 0.5  # a peak above this alerts
+    quiet: int = 100  # records after an alert in which the key does not alert again
 
     @property
     def warm_rows(self) -> int:
@@ -62,6 +67,7 @@ class KeyScoreState:
     seen: int  # deviations seen
     top: F32  # (panes + 1, 2): the two largest deviations per pane, -inf when empty
     peaks: F32  # (group_panes + 1,): the largest score per pane, -inf when empty
+    alerted: int = NEVER  # the value of `seen` at the key's last alert
 
     @staticmethod
     def empty(rule: ScoreRule) -> KeyScoreState:
@@ -71,10 +77,11 @@ class KeyScoreState:
 
 @dataclass(frozen=True)
 class ScoreColumns:
-    """Per scored record: its anomaly score (NaN while the key warms up) and peak flag."""
+    """Per scored record: its anomaly score (NaN while the key warms up), peak and alert."""
 
     score: F64
     peak: BoolArray
+    alert: BoolArray
 
 
 class ScoreStore:
@@ -90,6 +97,7 @@ class ScoreStore:
         self._slots: dict[str, int] = {}
         self._free: list[int] = []
         self._seen = np.zeros(cap, np.int64)
+        self._alerted = np.full(cap, NEVER, np.int64)
         self._top = np.full((cap, self.rule.panes + 1, 2), EMPTY, np.float32)
         self._peaks = np.full((cap, self.rule.group_panes + 1), EMPTY, np.float32)
         self._lock = threading.Lock()
@@ -102,25 +110,24 @@ class ScoreStore:
 
     @property
     def nbytes(self) -> int:
-        return int(self._seen.nbytes + self._top.nbytes + self._peaks.nbytes)
+        return int(self._seen.nbytes + self._alerted.nbytes + self._top.nbytes
+                   + self._peaks.nbytes)
 
     def state(self, key: str) -> KeyScoreState | None:
         with self._lock:
             slot = self._slots.get(key)
-            if slot is None:
-                return None
-            return KeyScoreState(int(self._seen[slot]), self._top[slot].copy(),
-                                 self._peaks[slot].copy())
+            return None if slot is None else self._state(slot)
 
     def states(self, keys: Sequence[str]) -> list[KeyScoreState]:
         """The states of `keys`, an empty one for a key never scored (for the changelog)."""
         with self._lock:
-            out = []
-            for key in keys:
-                slot = self._slots.get(key)
-                out.append(KeyScoreState.empty(self.rule) if slot is None else KeyScoreState(
-                    int(self._seen[slot]), self._top[slot].copy(), self._peaks[slot].copy()))
-            return out
+            empty = KeyScoreState.empty(self.rule)
+            return [empty if (slot := self._slots.get(key)) is None else self._state(slot)
+                    for key in keys]
+
+    def _state(self, slot: int) -> KeyScoreState:
+        return KeyScoreState(int(self._seen[slot]), self._top[slot].copy(),
+                             self._peaks[slot].copy(), int(self._alerted[slot]))
 
     def put(self, key: str, state: KeyScoreState) -> None:
         """Install a key's history (restore); one of another shape starts afresh."""
@@ -129,6 +136,7 @@ class ScoreStore:
             if state.top.shape == self._top.shape[1:] and state.peaks.shape == \
                     self._peaks.shape[1:]:
                 self._seen[slot] = state.seen
+                self._alerted[slot] = state.alerted
                 self._top[slot] = state.top
                 self._peaks[slot] = state.peaks
             else:
@@ -152,9 +160,10 @@ class ScoreStore:
         n = len(keys)
         score = np.full(n, np.nan)
         peak = np.zeros(n, bool)
+        alert = np.zeros(n, bool)
         valid = np.flatnonzero(np.isfinite(deviation))
         if not len(valid):
-            return ScoreColumns(score, peak)
+            return ScoreColumns(score, peak, alert)
         with self._lock:
             slot_for = self._slot_for
             slots = np.fromiter((slot_for(keys[i]) for i in valid.tolist()), np.int64,
@@ -169,12 +178,14 @@ class ScoreStore:
             for j in range(int(rank.max()) + 1):
                 at = order[rank == j]
                 rows = valid[at]
-                s, g = self._step(slots[at], deviation[rows], floor[rows])
+                s, g, a = self._step(slots[at], deviation[rows], floor[rows])
                 score[rows] = s
                 peak[rows] = g
-        return ScoreColumns(score, peak)
+                alert[rows] = a
+        return ScoreColumns(score, peak, alert)
 
-    def _step(self, slots: IntArray, d: F64, floor: F64) -> tuple[F64, BoolArray]:
+    def _step(self, slots: IntArray, d: F64, floor: F64
+              ) -> tuple[F64, BoolArray, BoolArray]:
         """One record for each of `slots` (distinct keys)."""
         rule, m = self.rule, len(slots)
         seen = self._seen[slots]
@@ -186,6 +197,8 @@ class ScoreStore:
         r = d / reference
         s = np.where(scored, r / (1.0 + r), np.nan)
         peak = scored & (s > self._peaks[slots].max(axis=1))
+        alert = peak & (s > rule.alert_score) & (seen - self._alerted[slots] > rule.quiet)
+        self._alerted[slots[alert]] = seen[alert]
 
         pane = (seen // rule.pane) % (rule.panes + 1)
         fresh = seen % rule.pane == 0
@@ -203,10 +216,11 @@ class ScoreStore:
             at, sp = slots[scored], gpane[scored]
             self._peaks[at, sp] = np.maximum(self._peaks[at, sp], s[scored].astype(np.float32))
         self._seen[slots] = seen + 1
-        return s, peak
+        return s, peak, alert
 
     def _clear(self, slot: int) -> None:
         self._seen[slot] = 0
+        self._alerted[slot] = NEVER
         self._top[slot] = EMPTY
         self._peaks[slot] = EMPTY
 
@@ -226,11 +240,13 @@ class ScoreStore:
     def _grow(self) -> None:
         old = len(self._seen)
         self._seen = np.concatenate([self._seen, np.zeros(old, np.int64)])
+        self._alerted = np.concatenate([self._alerted, np.full(old, NEVER, np.int64)])
         self._top = np.concatenate([self._top, np.full_like(self._top, EMPTY)])
         self._peaks = np.concatenate([self._peaks, np.full_like(self._peaks, EMPTY)])
 
 
 def nab_score(columns: ScoreColumns) -> F64:
-    """NAB's per-row anomaly score: the score at a peak, 0 elsewhere (and while warming
-    up), so NAB's threshold sweep counts one detection per incident."""
-    return np.where(columns.peak, np.nan_to_num(columns.score), 0.0)
+    """NAB's per-row anomaly score: the score where the stream alerts, 0 elsewhere. NAB's
+    threshold sweep then chooses among the alerts (the detector's own threshold is the
+    alert score), one detection per incident."""
+    return np.where(columns.alert, np.nan_to_num(columns.score), 0.0)

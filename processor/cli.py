@@ -290,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peak-rows", type=_multiple_of(20), default=200,
                    help="a peak is above every score of about this many previous rows "
                    "(a multiple of 20)")
+    p.add_argument("--alert-score", type=_at_least(0.0, float, 1.0), default=0.5,
+                   help="a peak at or above this anomaly score alerts; NAB scores the alerts "
+                   "(0 with --quiet-rows 0: every peak)")
+    p.add_argument("--quiet-rows", type=_at_least(0), default=100,
+                   help="rows after an alert in which a key does not alert again")
     p.add_argument("--horizon", type=_at_least(0), default=0,
                    help="fit the error Gaussian on the last N errors (0: the trained one)")
     p.add_argument("--smooth", type=_at_least(1), default=1,

@@ -100,9 +100,9 @@ class Settings(BaseSettings):
         24.0, ge=0, description="A value more than this many sampling intervals after the "
         "previous one restarts the key's window; 0 never resets.")
     alert_score: float = Field(
-        0.5, gt=0, lt=1, description="Anomaly score at which a record that peaks its "
-        "key's last 200 scores raises an alert; 0.5 is an error as large as the key's "
-        "recent one-in-a-thousand.")
+        0.5, gt=0, lt=1, description="Anomaly score above which a record that peaks its "
+        "key's last 200 scores raises an alert (unless the key alerted in its last 100 "
+        "records); 0.5: an error larger than the key's recent one-in-a-thousand.")
     state_dir: Path = Field(Path(".local/state"), description="Local spill store of evicted "
                             "keys (a cache of the changelog).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"

@@ -37,7 +37,7 @@ def print_alerts(records: Sequence[ScoredRecord], limit: int = 20) -> None:
     outside = sum(r.anomaly for r in records)
     alerts = [r for r in records if r.alert]
     print(f"{outside} records outside the normal band; {len(alerts)} alerts (a peak of the "
-          f"anomaly score at or above {ALERT_SCORE}: one per incident):")
+          f"anomaly score above {ALERT_SCORE}: one per incident):")
     for r in alerts[:limit]:
         print(f"  {r.key}  {r.timestamp:%Y-%m-%d %H:%M}  value {r.value:.4g} expected "
               f"{r.prediction:.4g}  anomaly score {r.anomaly_score:.3f}  log-PD {r.log_pd:.1f}")

@@ -191,7 +191,7 @@ class Pending:
 
 #: Anomaly score at or above which a peak raises an alert: an error at least as large
 #: as the key's recent one-in-a-thousand (`processor.calibration`).
-ALERT_SCORE = 0.5
+ALERT_SCORE = ScoreRule().alert_score
 
 
 class Engine:
@@ -199,12 +199,11 @@ class Engine:
 
     `gap_reset_intervals`: a value arriving more than this many sampling intervals (the
     key's median interval in training) after the previous one restarts the key's window;
-    0 disables resets. `alert_score`: the anomaly score at which a peak alerts.
+    0 disables resets. `rule`: how anomaly scores, peaks and alerts are made.
     """
 
     def __init__(self, model: LoadedModel, initial_capacity: int = 1024,
-                 gap_reset_intervals: float = 0.0, alert_score: float = ALERT_SCORE,
-                 rule: ScoreRule | None = None) -> None:
+                 gap_reset_intervals: float = 0.0, rule: ScoreRule | None = None) -> None:
         self.model = model
         # An l-step model scores x_t from the l windows ending at t-1 .. t-l: w + l - 1
         # values (more with a season), recomputed each time.
@@ -212,7 +211,6 @@ class Engine:
         # Deviations are in value units, so the histories carry over a version switch.
         self.scores = ScoreStore(rule, initial_capacity)
         self.gap_reset_intervals = gap_reset_intervals
-        self.alert_score = alert_score
 
     def set_model(self, model: LoadedModel) -> None:
         """Switch versions between batches; windows carry over (resized if needed)."""
@@ -301,6 +299,7 @@ class Engine:
         anomaly = np.zeros(n, bool)
         anomaly_score = nan.copy()
         peak = np.zeros(n, bool)
+        alert = np.zeros(n, bool)
         default_profile = np.zeros(n, bool)
         steps = model.table.steps
         scaled_error = np.full(n if steps == 1 else (n, steps), np.nan)
@@ -318,7 +317,7 @@ class Engine:
                                             s.deviation_floor)
             anomaly_score[idx] = calibrated.score
             peak[idx] = calibrated.peak
-        alert = peak & (anomaly_score >= self.alert_score)
+            alert[idx] = calibrated.alert
         columns = ScoredColumns(
             keys=keys, timestamp_ms=pending.timestamp_ms, value=values, status=status,
             anomaly=anomaly, default_profile=default_profile, partition=pending.partition,

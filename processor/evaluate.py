@@ -128,6 +128,7 @@ class FileErrors:
     floor: F64 | None = None
     score: F64 | None = None
     peak: npt.NDArray[np.bool_] | None = None
+    alert: npt.NDArray[np.bool_] | None = None
 
     def scores(self, pp: PostProcess) -> F64:
         """Per-row NAB anomaly scores under an offline post-processing variant."""
@@ -139,10 +140,10 @@ class FileErrors:
         """Per-row NAB anomaly scores as the stream gives them: the engine's, or for
         another rule the same calibration code run over the engine's deviations."""
         if self.deviation is None or self.floor is None or self.score is None \
-                or self.peak is None:
+                or self.peak is None or self.alert is None:
             raise ValueError("errors cached without the engine's scores; recompute them")
         if rule is None or rule == ScoreRule():
-            return nab_score(ScoreColumns(self.score, self.peak))
+            return nab_score(ScoreColumns(self.score, self.peak, self.alert))
         keys = ["s"] * len(self.deviation)
         return nab_score(ScoreStore(rule).update(keys, self.deviation, self.floor))
 
@@ -170,6 +171,7 @@ def file_errors(cf: CorpusFile, cfg: EvalConfig, first_model: Any = None) -> Fil
     floor = np.zeros(n)
     score = np.full(n, np.nan)
     peak = np.zeros(n, bool)
+    alert = np.zeros(n, bool)
     steps = engine.model.steps
     vectors = np.full((n, steps), np.nan)
     vector_mean = np.zeros((n, steps))
@@ -194,13 +196,15 @@ def file_errors(cf: CorpusFile, cfg: EvalConfig, first_model: Any = None) -> Fil
             errors[rows] = cols.error[done] / profile.scale_std
             score[rows] = cols.anomaly_score[done]
             peak[rows] = cols.peak[done]
+            alert[rows] = cols.alert[done]
             deviation[rows] = cols.deviation[done]
             floor[rows] = MIN_SCALE * profile.scale_std
             if steps > 1:
                 assert cols.scaled_error is not None
                 vectors[rows] = cols.scaled_error[done]
         start = stop
-    calibrated = {"deviation": deviation, "floor": floor, "score": score, "peak": peak}
+    calibrated = {"deviation": deviation, "floor": floor, "score": score, "peak": peak,
+                  "alert": alert}
     if steps == 1:
         return FileErrors(errors, mean, var, **calibrated)
     return FileErrors(errors, mean, var, vectors, vector_mean, cov, **calibrated)
@@ -224,7 +228,8 @@ def persistence_errors(cf: CorpusFile) -> FileErrors:
     floor = np.full(len(v), MIN_SCALE * scale)
     cols = ScoreStore().update(["s"] * len(v), deviation, floor)
     return FileErrors(error, np.full(len(v), fitted.mean), np.full(len(v), fitted.var),
-                      deviation=deviation, floor=floor, score=cols.score, peak=cols.peak)
+                      deviation=deviation, floor=floor, score=cols.score, peak=cols.peak,
+                      alert=cols.alert)
 
 
 def cache_path(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> Path:
@@ -249,10 +254,12 @@ def _cached(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> bool:
 
 
 def fingerprint(cf: CorpusFile) -> str:
-    """A digest of the series' timestamps and values: a cache entry is only used for the
-    data it was computed from (same file name, edited data: recomputed)."""
+    """A digest of the series' timestamps and values and of the score rule the engine
+    applied: a cache entry is only used for the data and rule it was computed with (same
+    file name, edited data or a changed rule: recomputed)."""
     digest = hashlib.sha256(np.ascontiguousarray(cf.timestamps).tobytes())
     digest.update(np.ascontiguousarray(cf.values, np.float64).tobytes())
+    digest.update(repr(ScoreRule()).encode())
     return digest.hexdigest()
 
 
@@ -271,7 +278,7 @@ def cached_errors(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> FileError
                 stored = {name: data[name] for name in data.files}
             if str(stored.pop("fingerprint", "")) == wanted:
                 return FileErrors(**stored)
-            reason = "computed from other data or before fingerprints"
+            reason = "computed from other data, with another score rule or before fingerprints"
         except (OSError, ValueError, TypeError, zipfile.BadZipFile) as exc:
             reason = f"unreadable ({type(exc).__name__})"
         log.warning("cache_entry_recomputed", path=str(path), reason=reason)
@@ -436,7 +443,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     # Without an offline variant, the scores are the engine's, as the stream gives them.
     offline = pp != PostProcess()
     rule = ScoreRule(pane=100, panes=args.reference_rows // 100, group_pane=20,
-                     group_panes=args.peak_rows // 20)
+                     group_panes=args.peak_rows // 20, alert_score=args.alert_score,
+                     quiet=args.quiet_rows)
     out_dir: Path = args.out_dir
     started = time.monotonic()
     errors: dict[str, FileErrors] = {}

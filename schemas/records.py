@@ -159,8 +159,9 @@ class ScoredRecord(_Wire):
         "100 scored records.")
     peak: bool = Field(default=False, description="anomaly_score is above every score of "
                        "the key's previous 200 records: an incident starts or grows.")
-    alert: bool = Field(default=False, description="A peak whose anomaly_score reaches the "
-                        "processor's alert score; such records also go to the alert topic.")
+    alert: bool = Field(default=False, description="A peak whose anomaly_score is above the "
+                        "processor's alert score, the key's first in 100 records; such "
+                        "records also go to the alert topic.")
     model_version: str | None = None
     source_partition: int = Field(ge=0)
     source_offset: int = Field(ge=0)

@@ -78,17 +78,21 @@ def test_stream_and_offline_evaluation_agree(kafka_bootstrap, tmp_path):
     streamed = np.full(n, np.nan)
     score = np.full(n, np.nan)
     peak = np.zeros(n, bool)
+    alert = np.zeros(n, bool)
     for r in got:
         if r.error is not None:
             streamed[r.source_offset] = r.error / profile.scale_std
         if r.anomaly_score is not None:
             score[r.source_offset] = r.anomaly_score
         peak[r.source_offset] = r.peak
+        alert[r.source_offset] = r.alert
     np.testing.assert_array_equal(np.isnan(streamed), np.isnan(offline.error))
     np.testing.assert_allclose(streamed, offline.error, rtol=1e-12, equal_nan=True)
-    # The anomaly scores, peaks and so NAB's per-row scores are the offline ones exactly.
+    # The anomaly scores, peaks, alerts and so NAB's per-row scores are the offline ones.
     assert offline.score is not None and offline.peak is not None
     np.testing.assert_array_equal(score, offline.score)
     np.testing.assert_array_equal(peak, offline.peak)
-    np.testing.assert_array_equal(nab_score(ScoreColumns(score, peak)), offline.nab_scores())
-    assert peak.sum() > 3 and np.isfinite(score).sum() > n // 2
+    np.testing.assert_array_equal(alert, offline.alert)
+    np.testing.assert_array_equal(nab_score(ScoreColumns(score, peak, alert)),
+                                  offline.nab_scores())
+    assert peak.sum() > 3 and alert.sum() >= 1 and np.isfinite(score).sum() > n // 2

@@ -29,6 +29,7 @@ def test_changelog_state_round_trips_bit_for_bit():
     assert back.values.tobytes() == values.tobytes()
     assert (back.count, back.last_ts, back.partition) == (1234, 1388534400000, 3)
     assert back_scores is not None and back_scores.seen == 357
+    assert back_scores.alerted == scores.alerted
     assert back_scores.top.tobytes() == scores.top.tobytes()
     assert back_scores.peaks.tobytes() == scores.peaks.tobytes()
 
@@ -67,6 +68,7 @@ def test_restored_score_history_scores_exactly_like_the_original():
     cb = b.update(["k"] * len(later), later, floor)
     np.testing.assert_array_equal(ca.score, cb.score)
     np.testing.assert_array_equal(ca.peak, cb.peak)
+    np.testing.assert_array_equal(ca.alert, cb.alert)
     assert ca.peak.any() and not ca.peak.all()
 
 

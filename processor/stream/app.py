@@ -47,6 +47,7 @@ import numpy as np
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from processor.calibration import ScoreRule
 from processor.config import Settings
 from processor.engine import F64, STATUS_NAMES, BatchResult, Engine, Pending, to_alert
 from processor.model_store import LoadedModel, ModelStoreError, latest_version, load_version
@@ -207,7 +208,8 @@ class Processor:
     def _activate(self, model: LoadedModel) -> None:
         if self._engine is None:
             self._engine = Engine(model, self.settings.initial_key_capacity,
-                                  self.settings.gap_reset_intervals, self.settings.alert_score)
+                                  self.settings.gap_reset_intervals,
+                                  ScoreRule(alert_score=self.settings.alert_score))
         else:
             self._engine.set_model(model)
         self.counters.model_version = model.version

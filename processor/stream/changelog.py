@@ -34,7 +34,8 @@ log = structlog.get_logger(__name__)
 #: Format 1 held the window alone; 2 appends the score history.
 _FORMAT = 2
 _HEADER = struct.Struct("<BqqiH")  # format, count, last_ts, partition, number of values
-_SCORES = struct.Struct("<qHH")  # deviations seen, reference panes + 1, peak panes + 1
+#: deviations seen, `seen` at the last alert, reference panes + 1, peak panes + 1
+_SCORES = struct.Struct("<qqHH")
 
 
 class RestoreError(Exception):
@@ -42,7 +43,7 @@ class RestoreError(Exception):
 
 
 def _encode_scores(scores: KeyScoreState) -> bytes:
-    return (_SCORES.pack(scores.seen, len(scores.top), len(scores.peaks))
+    return (_SCORES.pack(scores.seen, scores.alerted, len(scores.top), len(scores.peaks))
             + np.ascontiguousarray(scores.top, dtype="<f4").tobytes()
             + np.ascontiguousarray(scores.peaks, dtype="<f4").tobytes())
 
@@ -78,12 +79,12 @@ def decode_state(data: bytes) -> tuple[KeyState, KeyScoreState | None]:
     if fmt == 1:
         return state, None
     at = _HEADER.size + 4 * n
-    seen, panes, peaks = _SCORES.unpack_from(data, at)
+    seen, alerted, panes, peaks = _SCORES.unpack_from(data, at)
     at += _SCORES.size
     top = np.frombuffer(data, "<f4", 2 * panes, at).reshape(panes, 2).astype(np.float32)
     at += 8 * panes
     peak = np.frombuffer(data, "<f4", peaks, at).astype(np.float32)
-    return state, KeyScoreState(seen, top, peak)
+    return state, KeyScoreState(seen, top, peak, alerted)
 
 
 @dataclass(frozen=True)

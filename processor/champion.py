@@ -30,6 +30,10 @@ class Verdict:
         return {"champion_mse": self.champion_mse, "challenger_mse": self.challenger_mse}
 
 
+#: Held-out windows scored at once.
+CHUNK = 8192
+
+
 def held_out_mse(model: LoadedModel, per_key: Sequence[KeyWindows]) -> float:
     """Mean squared scaled error of `model` on the held-out clean windows of every key.
 
@@ -45,12 +49,15 @@ def held_out_mse(model: LoadedModel, per_key: Sequence[KeyWindows]) -> float:
         if kw.windows.shape[1] < model.history:
             raise ValueError(f"version {model.version} needs {model.history} values before "
                              f"each one, the held-out windows have {kw.windows.shape[1]}")
-        idx = model.table.lookup([kw.key] * int(mask.sum()))
-        windows = kw.windows[mask][:, kw.windows.shape[1] - model.history:]
-        s = score_windows(windows, kw.targets[mask], idx, model.table, model.predictor)
-        scaled = s.error / kw.scale[1]
-        total += float(np.sum(scaled**2))
-        count += int(mask.sum())
+        rows = np.flatnonzero(mask)
+        for lo in range(0, len(rows), CHUNK):  # windows can be hundreds of values wide
+            part = rows[lo:lo + CHUNK]
+            idx = model.table.lookup([kw.key] * len(part))
+            windows = kw.windows[part][:, kw.windows.shape[1] - model.history:]
+            s = score_windows(windows, kw.targets[part], idx, model.table, model.predictor)
+            scaled = s.error / kw.scale[1]
+            total += float(np.sum(scaled**2))
+        count += len(rows)
     if count == 0:
         raise ValueError("no held-out windows to compare the versions on")
     return total / count

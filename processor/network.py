@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -96,23 +96,72 @@ class FitResult:
     train_loss: float
 
 
+class RowSource(Protocol):
+    """Training pairs gathered a batch at a time (`processor.train.TrainingRows`)."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, rows: npt.NDArray[np.int64]) -> tuple[FloatArray, FloatArray]: ...
+
+
+class _Arrays:
+    """Pairs already in memory, as a `RowSource`."""
+
+    def __init__(self, x: FloatArray, y: FloatArray) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batch(self, rows: npt.NDArray[np.int64]) -> tuple[FloatArray, FloatArray]:
+        return self.x[rows], self.y[rows]
+
+
+class _Batches(keras.utils.PyDataset):  # type: ignore[misc]
+    """Keras batches from a `RowSource`, in a new random order each epoch when shuffled
+    (from `seed`, so a training run repeats)."""
+
+    def __init__(self, source: RowSource, batch_size: int, seed: int | None) -> None:
+        super().__init__()
+        self.source, self.batch_size = source, batch_size
+        self._rng = None if seed is None else np.random.default_rng(seed)
+        self._order = np.arange(len(source))
+        self.on_epoch_end()
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.source) / self.batch_size)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
+        rows = self._order[i * self.batch_size : (i + 1) * self.batch_size]
+        x, y = self.source.batch(rows)
+        return x[..., None], y
+
+    def on_epoch_end(self) -> None:
+        if self._rng is not None:
+            self._order = self._rng.permutation(len(self.source))
+
+
 def fit_network(
     model: keras.Model,
-    train: tuple[FloatArray, FloatArray],
-    val: tuple[FloatArray, FloatArray],
+    train: RowSource | tuple[FloatArray, FloatArray],
+    val: RowSource | tuple[FloatArray, FloatArray],
     *,
     epochs: int,
     batch_size: int,
     patience: int,
     verbose: int = 2,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    seed: int = 0,
 ) -> FitResult:
     """Train with early stopping on validation loss, keeping the best weights.
 
-    Targets are (n,) for one step, (n, steps) for several.
+    Pairs come as arrays or as a `RowSource` gathered a batch at a time; targets are
+    (n,) for one step, (n, steps) for several.
     """
-    x_train, y_train = train
-    x_val, y_val = val
+    if isinstance(train, tuple):
+        train = _Arrays(*train)
+    if isinstance(val, tuple):
+        val = _Arrays(*val)
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=patience, restore_best_weights=True
@@ -125,12 +174,9 @@ def fit_network(
             )
         )
     history = model.fit(
-        x_train[..., None],
-        y_train,
-        validation_data=(x_val[..., None], y_val),
+        _Batches(train, batch_size, seed),
+        validation_data=_Batches(val, batch_size, None),
         epochs=epochs,
-        batch_size=batch_size,
-        shuffle=True,
         callbacks=callbacks,
         verbose=verbose,
     )

@@ -49,6 +49,8 @@ PARTS = ("train", "val", "test")
 DAY_MS = 86_400_000
 #: Training windows each key needs before a seasonal network is trained on it.
 MIN_SEASON_WINDOWS = 100
+#: Windows scaled and scored at once after training (bounds the memory of a long key).
+SCORE_CHUNK = 8192
 
 
 class TrainConfig(BaseModel):
@@ -114,6 +116,9 @@ class KeyWindows:
     train_values: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
     scaled_error: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
     steps: int = 1  # (n, steps) scaled errors when above 1
+    #: The key's usable values, of which `windows` is a view (float32) and `targets` the
+    #: tail; window i starts at value i.
+    source: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
 
 
 @dataclass
@@ -182,29 +187,63 @@ def prepare(series: Series, cfg: TrainConfig) -> KeyWindows:
     width = stored_width(cfg, season)
     t_end, v_end = split_points(n, cfg)
     labels = s.labels if s.labels is not None else np.zeros(n, bool)
-    x, y = sliding_windows(s.values, width)
+    x, _ = sliding_windows(s.values, width, copy=False)  # a view: no memory
+    y = s.values[width:]
     target_row = np.arange(width, n)
     part = np.select([target_row < t_end, target_row < v_end], [0, 1], 2).astype(np.int8)
     lab_windows = np.lib.stride_tricks.sliding_window_view(labels, width + 1)
     clean = np.asarray(~lab_windows.any(axis=1), bool)
     train_values = s.values[:t_end][~labels[:t_end]]
     kw = KeyWindows(s.key, x, y.astype(np.float64), part, labels[width:], clean,
-                    steps=cfg.steps)
+                    steps=cfg.steps, source=np.asarray(s.values, np.float64))
     kw.scale = fit_scaler(train_values)
     kw.train_values = train_values
     kw.interval_ms = float(np.median(np.diff(s.timestamps)))
     return kw
 
 
-def _scaled(kw: KeyWindows, mask: npt.NDArray[np.bool_]) -> tuple[Any, Any]:
-    """Network inputs and targets; for l steps, the row's first w values and the next l."""
-    mean, std = kw.scale
-    x = ((kw.windows[mask] - mean) / std).astype(np.float32)
-    y = ((kw.targets[mask] - mean) / std).astype(np.float32)
-    if kw.steps == 1:
-        return x, y
-    w = x.shape[1] - kw.steps + 1
-    return np.ascontiguousarray(x[:, :w]), np.concatenate([x[:, w:], y[:, None]], axis=1)
+class TrainingRows:
+    """The (input, targets) pairs of one part of every key, scaled a batch at a time.
+
+    A key's windows are a view of its series; gathering and scaling them all at once
+    would hold every window of every key in memory, hundreds of values wide with a
+    season. Each row is a start offset into one array of all keys' values, so a batch is
+    one gather. Inputs are the first w (input width) values of a row's window, targets
+    the values after them: the next one, or for l steps the window's last l - 1 values
+    and its target.
+    """
+
+    def __init__(self, per_key: Sequence[KeyWindows], part: int) -> None:
+        values, starts, means, stds = [], [], [], []
+        offset = 0
+        for kw in per_key:
+            rows = np.flatnonzero((kw.part == part) & kw.clean)
+            values.append(kw.source)
+            starts.append(offset + rows)
+            means.append(np.full(len(rows), kw.scale[0]))
+            stds.append(np.full(len(rows), kw.scale[1]))
+            offset += len(kw.source)
+        self.values = np.concatenate(values)
+        self.starts = np.concatenate(starts)
+        self.mean = np.concatenate(means)
+        self.std = np.concatenate(stds)
+        self.width = per_key[0].windows.shape[1]
+        self.steps = per_key[0].steps
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def batch(self, rows: npt.NDArray[np.int64]) -> tuple[Any, Any]:
+        span = self.values[self.starts[rows, None] + np.arange(self.width + 1)]
+        mean, std = self.mean[rows, None], self.std[rows, None]
+        # In float32 as the stored windows are, the target in float64 as the series is.
+        x = ((span[:, :-1].astype(np.float32) - mean.astype(np.float32))
+             / std.astype(np.float32)).astype(np.float32)
+        y = ((span[:, -1] - mean[:, 0]) / std[:, 0]).astype(np.float32)
+        if self.steps == 1:
+            return x, y
+        w = self.width - self.steps + 1
+        return np.ascontiguousarray(x[:, :w]), np.concatenate([x[:, w:], y[:, None]], axis=1)
 
 
 def _probe(mean: float, std: float, steps: int) -> Profile:
@@ -226,11 +265,6 @@ def _profile(scale: tuple[float, float], g: Gaussian | MultivariateGaussian, thr
     return Profile(scale_mean=scale[0], scale_std=scale[1], error_mean=float(g.mean[0]),
                    error_var=float(g.cov[0, 0]), threshold=threshold, interval_ms=interval_ms,
                    error_mean_vector=g.mean.tolist(), error_cov=g.cov.tolist())
-
-
-def _stack(per_key: Sequence[KeyWindows], part: int) -> tuple[Any, Any]:
-    xs, ys = zip(*(_scaled(kw, (kw.part == part) & kw.clean) for kw in per_key), strict=True)
-    return np.concatenate(xs), np.concatenate(ys)
 
 
 def choose_threshold(
@@ -255,19 +289,18 @@ def train(series: Sequence[Series], cfg: TrainConfig, source: str) -> TrainOutco
     season = int(cfg.season)
     per_key = [prepare(s, cfg) for s in series]
     has_labels = any(s.labels is not None for s in series)
-    x_train, y_train = _stack(per_key, 0)
-    x_val, y_val = _stack(per_key, 1)
-    if len(x_train) < cfg.batch_size or len(x_val) < 1:
-        raise DataError(f"too little normal data: {len(x_train)} training and {len(x_val)} "
-                        "validation windows without labelled anomalies")
-    log.info("training_started", keys=len(per_key), train_windows=len(x_train),
-             val_windows=len(x_val), window=cfg.window, units=cfg.units, layers=cfg.layers,
-             steps=cfg.steps, season=season)
+    train_rows, val_rows = TrainingRows(per_key, 0), TrainingRows(per_key, 1)
+    if len(train_rows) < cfg.batch_size or len(val_rows) < 1:
+        raise DataError(f"too little normal data: {len(train_rows)} training and "
+                        f"{len(val_rows)} validation windows without labelled anomalies")
+    log.info("training_started", keys=len(per_key), train_windows=len(train_rows),
+             val_windows=len(val_rows), window=cfg.window, units=cfg.units,
+             layers=cfg.layers, steps=cfg.steps, season=season)
     spec = nw.NetworkSpec(cfg.window, cfg.units, cfg.layers, cfg.dropout, cfg.steps,
                           cfg.relative, season)
     network = nw.build_network(spec)
     fit = nw.fit_network(
-        network, (x_train, y_train), (x_val, y_val), epochs=cfg.epochs,
+        network, train_rows, val_rows, epochs=cfg.epochs, seed=cfg.seed,
         batch_size=cfg.batch_size, patience=cfg.patience, verbose=cfg.verbose,
         on_epoch=lambda e, logs: log.info("epoch", epoch=e + 1, **{
             k: round(float(v), 6) for k, v in logs.items()}),
@@ -278,9 +311,11 @@ def train(series: Sequence[Series], cfg: TrainConfig, source: str) -> TrainOutco
     for kw in per_key:
         probe = _probe(*kw.scale, cfg.steps)
         probe_table = ProfileTable({kw.key: probe}, probe)
-        idx = np.zeros(len(kw.targets), np.int64)
-        kw.scaled_error = score_windows(kw.windows, kw.targets, idx, probe_table,
-                                        predictor).scaled_error
+        kw.scaled_error = np.concatenate([
+            score_windows(kw.windows[lo:lo + SCORE_CHUNK], kw.targets[lo:lo + SCORE_CHUNK],
+                          np.zeros(len(kw.targets[lo:lo + SCORE_CHUNK]), np.int64),
+                          probe_table, predictor).scaled_error
+            for lo in range(0, len(kw.targets), SCORE_CHUNK)])
 
     error_model: type[Gaussian] | type[MultivariateGaussian] = (
         Gaussian if cfg.steps == 1 else MultivariateGaussian)

@@ -34,10 +34,12 @@ def input_width(window: int, season: int = 0, steps: int = 1) -> int:
     return window if not season else window + season - steps
 
 
-def sliding_windows(series: npt.ArrayLike, width: int) -> tuple[FloatArray, FloatArray]:
+def sliding_windows(series: npt.ArrayLike, width: int, copy: bool = True
+                    ) -> tuple[FloatArray, FloatArray]:
     """All (window, next value) pairs of a series: X[i] = s[i:i+width], y[i] = s[i+width].
 
-    Row i predicts series position i + width.
+    Row i predicts series position i + width. With `copy=False` X is a read-only view of
+    the series: no memory however wide the windows (a seasonal window is hundreds).
     """
     s = np.asarray(series, dtype=np.float32)
     if width < 1:
@@ -47,7 +49,7 @@ def sliding_windows(series: npt.ArrayLike, width: int) -> tuple[FloatArray, Floa
     if len(s) <= width:
         return np.empty((0, width), np.float32), np.empty(0, np.float32)
     view = np.lib.stride_tricks.sliding_window_view(s[:-1], width)
-    return np.ascontiguousarray(view), s[width:].copy()
+    return (np.ascontiguousarray(view) if copy else view), s[width:].copy()
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,8 @@ BATCH_SIZES = (1, 16, 64, 256, 1024, 4096)
 
 # -- the model ---------------------------------------------------------------------------
 
-def bench_model(store: Path, name: str, window: int, units: int) -> Path:
+def bench_model(store: Path, name: str, window: int, units: int,
+                season: int | str = "none") -> Path:
     """The newest stored version, or a real LSTM trained briefly on a NAB series."""
     from processor.model_store import latest_version, save_version
 
@@ -50,7 +51,7 @@ def bench_model(store: Path, name: str, window: int, units: int) -> Path:
     from processor.train import TrainConfig, train
 
     series = read_csv(_nab_dir() / "data" / DEFAULT_SERIES).slice(0, 6000)
-    cfg = TrainConfig(name=name, window=window, units=units, epochs=2, season="none",
+    cfg = TrainConfig(name=name, window=window, units=units, epochs=2, season=season,
                       verbose=0)
     outcome = train([series], cfg, "bench")
     return save_version(store, outcome.metadata, outcome.network)
@@ -407,12 +408,20 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
 
         settings = settings.model_copy(update={"bootstrap_servers": start()})
     store = out_dir / "models"
-    model_name = f"bench-w{args.window}-u{args.units}"  # never reuse another size's model
-    version_dir = bench_model(store, model_name, args.window, args.units)
+    # never reuse a model of another size
+    model_name = f"bench-w{args.window}-u{args.units}-season-{args.season}"
+    version_dir = bench_model(store, model_name, args.window, args.units, args.season)
+    from processor.model_store import read_metadata
+    from processor.windows import input_width
+
+    md = read_metadata(version_dir)
+    history = input_width(md.window, md.season, md.steps) + md.steps - 1
     run_id = uuid.uuid4().hex[:8]
     results: dict[str, Any] = {"command": shlex.join(["anomaly", "bench", *sys.argv[2:]]),
                                "machine": machine(), "model": str(version_dir.name),
-                               "window": args.window, "units": args.units, "keys": args.keys}
+                               "window": args.window, "units": args.units,
+                               "season": md.season, "values_per_key": history,
+                               "keys": args.keys}
     extra = {"ANOMALY_BATCH_MAX_RECORDS": str(args.batch)}
 
     def fresh(tag: str) -> Settings:
@@ -423,8 +432,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         return s
 
     per_key = max(1, args.records // args.keys)
-    rows = _series_rows(args.keys, args.window + per_key, 1_600_000_000_000)
-    warm = args.keys * args.window  # rows are in time order: each key's first window
+    rows = _series_rows(args.keys, history + per_key, 1_600_000_000_000)
+    warm = args.keys * history  # rows are in time order: each key's first window
     if args.drains:
         return _drains(args, fresh, rows[:warm], rows[warm:], out_dir, extra)
     print("naive baseline ...", flush=True)
@@ -450,7 +459,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     results["e2e"] = e2e
     results["e2e_rps"] = e2e["e2e_rps"]
 
-    lat_rows = _series_rows(args.keys, args.window + max(1, int(
+    lat_rows = _series_rows(args.keys, history + max(1, int(
         args.latency_seconds * e2e["e2e_rps"]) // args.keys), 1_700_000_000_000)
     warm_up, lat_rows = lat_rows[:warm], lat_rows[warm:]
     results["latency"] = {}
@@ -518,7 +527,8 @@ def _drains(args: argparse.Namespace, fresh: Callable[[str], Settings],
 def print_table(r: dict[str, Any]) -> None:
     m = r["machine"]
     print(f"\nmachine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; model window "
-          f"{r['window']}, {r['units']} units")
+          f"{r['window']}, season {r.get('season', 0)}, {r['units']} units; "
+          f"{r.get('values_per_key', r['window'])} values per key")
     rows = [("naive model.predict per record", f"{r['naive_rps']:.1f} records/s")]
     for size, rps in r["inference_rps"].items():
         rows.append((f"inference alone, batch {size}", f"{rps:,.0f} records/s"))
@@ -539,7 +549,8 @@ def print_table(r: dict[str, Any]) -> None:
                      f"max {lat['max_ms']:.1f} ms"))
     for n, mem in r["memory"]["by_keys"].items():
         rows.append((f"resident memory, {int(n):,} keys", f"{mem['rss_after_mb']:.0f} MB"))
-    rows.append(("memory per key (full window)", f"{r['bytes_per_key']:.0f} bytes"))
+    rows.append(("memory per key (full window, score history)",
+                 f"{r['bytes_per_key']:.0f} bytes"))
     width = max(len(a) for a, _ in rows)
     for a, b in rows:
         print(f"{a:<{width}}  {b}")

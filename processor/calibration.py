@@ -27,6 +27,7 @@ rows, or its largest score. The same code scores the stream and the offline eval
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 EMPTY = -np.inf
 NEVER = -(2**62)  # `alerted` of a key that has not alerted
+#: Keys a round of `ScoreStore.update` needs to be done as one array operation.
+ARRAY_ROUND = 8
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class ScoreRule:
     group_panes: int = 10  # complete peak panes: the previous 200-220 rows
     alert_score: float = 0.5  # a peak above this alerts
     quiet: int = 100  # records after an alert in which the key does not alert again
+    needs_band: bool = False  # alert only where the model flags the row (outside its band)
 
     @property
     def warm_rows(self) -> int:
@@ -150,12 +154,15 @@ class ScoreStore:
                     self._clear(slot)
                     self._free.append(slot)
 
-    def update(self, keys: Sequence[str], deviation: F64, floor: F64) -> ScoreColumns:
+    def update(self, keys: Sequence[str], deviation: F64, floor: F64,
+               outside: BoolArray | None = None) -> ScoreColumns:
         """Score records in arrival order (a key may come several times) and learn them.
 
         `floor` is the smallest reference each record's key is scored against: errors
         below it are rounding, not behaviour (a constant series predicted exactly).
-        NaN deviations (nothing predicted) score NaN and leave the history alone.
+        `outside` is the model's own per-row flag (log-PD below its threshold): with
+        `rule.needs_band` only such records alert. NaN deviations (nothing predicted)
+        score NaN and leave the history alone.
         """
         n = len(keys)
         score = np.full(n, np.nan)
@@ -164,12 +171,15 @@ class ScoreStore:
         valid = np.flatnonzero(np.isfinite(deviation))
         if not len(valid):
             return ScoreColumns(score, peak, alert)
+        flagged = np.ones(n, bool) if outside is None or not self.rule.needs_band else outside
         with self._lock:
             slot_for = self._slot_for
             slots = np.fromiter((slot_for(keys[i]) for i in valid.tolist()), np.int64,
                                 len(valid))
             # Records of one key are taken in rounds: round j holds every key's j-th record,
-            # so each round is one array operation over distinct keys.
+            # so each round is one array operation over distinct keys. Rounds of a few keys
+            # (one busy key in a batch) go record by record: an array operation costs more
+            # than the scalar arithmetic for one key.
             order = np.argsort(slots, kind="stable")
             by_key = slots[order]
             first = np.r_[True, by_key[1:] != by_key[:-1]]
@@ -178,15 +188,20 @@ class ScoreStore:
             for j in range(int(rank.max()) + 1):
                 at = order[rank == j]
                 rows = valid[at]
-                s, g, a = self._step(slots[at], deviation[rows], floor[rows])
-                score[rows] = s
-                peak[rows] = g
-                alert[rows] = a
+                if len(at) >= ARRAY_ROUND:
+                    s, g, a = self._step(slots[at], deviation[rows], floor[rows],
+                                         flagged[rows])
+                    score[rows], peak[rows], alert[rows] = s, g, a
+                    continue
+                for slot, row in zip(slots[at].tolist(), rows.tolist(), strict=True):
+                    score[row], peak[row], alert[row] = self._step_one(
+                        slot, float(deviation[row]), float(floor[row]), bool(flagged[row]))
         return ScoreColumns(score, peak, alert)
 
-    def _step(self, slots: IntArray, d: F64, floor: F64
+    def _step(self, slots: IntArray, d: F64, floor: F64, flagged: BoolArray
               ) -> tuple[F64, BoolArray, BoolArray]:
-        """One record for each of `slots` (distinct keys)."""
+        """One record for each of `slots` (distinct keys); `_step_one` is the same for
+        one key, and the two must agree to the bit."""
         rule, m = self.rule, len(slots)
         seen = self._seen[slots]
         ranked = np.sort(self._top[slots].reshape(m, -1), axis=1)
@@ -196,8 +211,10 @@ class ScoreStore:
         scored = seen >= rule.min_rows
         r = d / reference
         s = np.where(scored, r / (1.0 + r), np.nan)
-        peak = scored & (s > self._peaks[slots].max(axis=1))
-        alert = peak & (s > rule.alert_score) & (seen - self._alerted[slots] > rule.quiet)
+        s32 = s.astype(np.float32)  # compared as stored, so a tie is no new peak
+        peak = scored & (s32 > self._peaks[slots].max(axis=1))
+        alert = (peak & flagged & (s > rule.alert_score)
+                 & (seen - self._alerted[slots] > rule.quiet))
         self._alerted[slots[alert]] = seen[alert]
 
         pane = (seen // rule.pane) % (rule.panes + 1)
@@ -214,8 +231,41 @@ class ScoreStore:
         self._peaks[slots[gfresh], gpane[gfresh]] = EMPTY
         if scored.any():
             at, sp = slots[scored], gpane[scored]
-            self._peaks[at, sp] = np.maximum(self._peaks[at, sp], s[scored].astype(np.float32))
+            self._peaks[at, sp] = np.maximum(self._peaks[at, sp], s32[scored])
         self._seen[slots] = seen + 1
+        return s, peak, alert
+
+    def _step_one(self, slot: int, d: float, floor: float, flagged: bool
+                  ) -> tuple[float, bool, bool]:
+        """`_step` for one record of one key, in scalar arithmetic."""
+        rule = self.rule
+        seen = int(self._seen[slot])
+        flat = self._top[slot].ravel()
+        k = 2 if seen >= rule.warm_rows else 1
+        reference = max(float(np.partition(flat, flat.size - k)[flat.size - k]), floor)
+        scored = seen >= rule.min_rows
+        s, peak, alert = math.nan, False, False
+        if scored:
+            r = d / reference
+            s = r / (1.0 + r)
+            peak = bool(np.float32(s) > self._peaks[slot].max())
+            alert = (peak and flagged and s > rule.alert_score
+                     and seen - int(self._alerted[slot]) > rule.quiet)
+            if alert:
+                self._alerted[slot] = seen
+        pane = (seen // rule.pane) % (rule.panes + 1)
+        if seen % rule.pane == 0:
+            self._top[slot, pane] = EMPTY
+        t0, t1 = self._top[slot, pane]
+        d32 = np.float32(d)
+        self._top[slot, pane, 1] = t0 if d32 > t0 else max(t1, d32)
+        self._top[slot, pane, 0] = max(t0, d32)
+        gpane = (seen // rule.group_pane) % (rule.group_panes + 1)
+        if seen % rule.group_pane == 0:
+            self._peaks[slot, gpane] = EMPTY
+        if scored:
+            self._peaks[slot, gpane] = max(self._peaks[slot, gpane], np.float32(s))
+        self._seen[slot] = seen + 1
         return s, peak, alert
 
     def _clear(self, slot: int) -> None:

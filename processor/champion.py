@@ -34,6 +34,10 @@ class Verdict:
 CHUNK = 8192
 
 
+class WindowsTooShort(ValueError):
+    """A version reads further back than the held-out windows reach."""
+
+
 def held_out_mse(model: LoadedModel, per_key: Sequence[KeyWindows]) -> float:
     """Mean squared scaled error of `model` on the held-out clean windows of every key.
 
@@ -47,7 +51,7 @@ def held_out_mse(model: LoadedModel, per_key: Sequence[KeyWindows]) -> float:
         if not mask.any():
             continue
         if kw.windows.shape[1] < model.history:
-            raise ValueError(f"version {model.version} needs {model.history} values before "
+            raise WindowsTooShort(f"version {model.version} needs {model.history} values before "
                              f"each one, the held-out windows have {kw.windows.shape[1]}")
         rows = np.flatnonzero(mask)
         for lo in range(0, len(rows), CHUNK):  # windows can be hundreds of values wide
@@ -72,8 +76,8 @@ def judge(challenger: LoadedModel, champion: LoadedModel | None,
         return Verdict(None, None, mse_new, True, "no current version")
     try:
         mse_old = held_out_mse(champion, per_key)
-    except ValueError as exc:
-        # e.g. the champion reads a season back and the new data's windows are shorter
+    except WindowsTooShort as exc:
+        # the champion reads a season back and the new data's windows are shorter
         return Verdict(champion.version, None, mse_new, True,
                        f"not compared with {champion.version}: {exc}")
     better = mse_new <= mse_old * (1 + tolerance)

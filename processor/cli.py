@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processor batch_max_records")
     p.add_argument("--window", type=_at_least(1), default=50)
     p.add_argument("--units", type=_at_least(1), default=64)
+    p.add_argument("--season", type=_season, default="day",
+                   help="the model's season ('day': 288 rows of the 5-minute series, 'none', "
+                   "or rows)")
     p.add_argument("--naive-seconds", type=_above(0), default=10.0)
     p.add_argument("--inference-seconds", type=_above(0), default=3.0)
     p.add_argument("--latency-seconds", type=_above(0), default=20.0)
@@ -284,29 +287,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seasonal lag in rows the network also reads: 'day' (one day at the "
                    "series' sampling interval, when its probationary rows allow), a number "
                    "of rows, or 'none'")
-    p.add_argument("--reference-rows", type=_multiple_of(100), default=1000,
+    p.add_argument("--reference-rows", type=_multiple_of(100, 100_000), default=1000,
                    help="the anomaly score's reference: the second largest deviation of "
                    "about this many recent rows (a multiple of 100)")
-    p.add_argument("--peak-rows", type=_multiple_of(20), default=200,
+    p.add_argument("--peak-rows", type=_multiple_of(20, 20_000), default=200,
                    help="a peak is above every score of about this many previous rows "
                    "(a multiple of 20)")
-    p.add_argument("--alert-score", type=_at_least(0.0, float, 1.0), default=0.5,
-                   help="a peak at or above this anomaly score alerts; NAB scores the alerts "
-                   "(0 with --quiet-rows 0: every peak)")
-    p.add_argument("--quiet-rows", type=_at_least(0), default=100,
+    p.add_argument("--alert-score", type=_at_least(0.0, float, 0.999), default=0.5,
+                   help="a peak above this anomaly score alerts; NAB scores the alerts "
+                   "(0: every peak the quiet period lets through)")
+    p.add_argument("--quiet-rows", type=_at_least(0, high=1_000_000), default=100,
                    help="rows after an alert in which a key does not alert again")
+    p.add_argument("--needs-band", action="store_true",
+                   help="alert only on rows the model itself flags (log-PD below its "
+                   "threshold)")
+    p.add_argument("--gap-reset-intervals", type=_at_least(0.0, float), default=24.0,
+                   help="as the processor's setting: a gap this many sampling intervals long "
+                   "restarts a window (0: never)")
     p.add_argument("--horizon", type=_at_least(0), default=0,
-                   help="fit the error Gaussian on the last N errors (0: the trained one)")
+                   help="offline variant: fit the error Gaussian on the last N errors "
+                   "(0: the trained one)")
     p.add_argument("--smooth", type=_at_least(1), default=1,
-                   help="average |z| over the last N rows")
+                   help="offline variant: average |z| over the last N rows")
     p.add_argument("--group", type=_at_least(0), default=0,
-                   help="a row counts only above the maximum of the previous N rows")
+                   help="offline variant: a row counts only above the maximum of the "
+                   "previous N rows")
     p.add_argument("--likelihood", type=_at_least(0), default=0,
-                   help="score how unusual the recent average score is against the last N "
-                   "rows of scores (Numenta's anomaly likelihood; 0: off)")
+                   help="offline variant: score how unusual the recent average score is "
+                   "against the last N rows of scores (Numenta's anomaly likelihood; 0: off)")
     p.add_argument("--calibrate", type=_quantile, default=0.0,
-                   help="score |z| against this quantile of the key's recent |z| "
-                   "(e.g. 0.999; 0: off)")
+                   help="offline variant: score |z| against this quantile of the key's "
+                   "recent |z| (e.g. 0.999; 0: off)")
     p.add_argument("--calibrate-rows", type=_at_least(100), default=2000,
                    help="rows of recent errors for --calibrate")
     p.add_argument("--likelihood-avg", type=_at_least(1), default=10,
@@ -361,12 +372,16 @@ def _season(text: str) -> int | str:
     """'day', 'none' or a number of rows (at least 2)."""
     if text in ("day", "none"):
         return text
-    return int(_at_least(2)(text))
+    try:
+        return int(_at_least(2)(text))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: 'day', 'none' or a number of rows, at least 2") from None
 
 
-def _multiple_of(step: int) -> Callable[[str], int]:
+def _multiple_of(step: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        n = int(_at_least(step)(text))
+        n = int(_at_least(step, high=high)(text))
         if n % step:
             raise argparse.ArgumentTypeError(f"{text} is not a multiple of {step}")
         return n
@@ -452,8 +467,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
-        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                 for e in exc.errors(include_url=False)]
+        parts = []
+        for e in exc.errors(include_url=False):
+            # A union reports each member's complaint under a location ending in its
+            # type; one message for the field says enough.
+            loc = [str(p) for p in e["loc"] if not str(p).startswith(("literal[", "int"))]
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            text = f"{'.'.join(loc)}: {msg}" if loc else msg
+            if text not in parts:
+                parts.append(text)
         return "invalid setting: " + "; ".join(parts)
     return " ".join(str(exc).split())
 

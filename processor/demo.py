@@ -166,7 +166,8 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         stop_processor(proc)
     scored.sort(key=lambda r: r.timestamp)
     jsonl = write_scored_jsonl(scored, args.out_dir / "scored.jsonl")
-    png = plot_records(scored, metadata, series.key, windows, args.out_dir / "demo.png")
+    png = plot_records(scored, metadata, series.key, windows, args.out_dir / "demo.png",
+                       alert_score=settings.alert_score)
     stream_windows = [w for w in windows if w[1] >= int(rest.timestamps[0])]
     summary(produced, scored, dead, alerts, metadata.version, stream_windows, proc.returncode)
     print(f"scored records: {jsonl}")

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from processor.calibration import ScoreRule
 from processor.dataset import Series, Windows
 from processor.engine import Engine, Observation, Rejected
 from processor.model_store import LoadedModel, ModelMetadata
@@ -75,12 +76,13 @@ def score_series(engine: Engine, series: Series, batch_size: int = 1024) -> Seri
     return SeriesResult(scored, rejected)
 
 
-def detect(series: Series, cfg: TrainConfig, source: str, model_dir: Path) -> Detection:
+def detect(series: Series, cfg: TrainConfig, source: str, model_dir: Path,
+           rule: ScoreRule | None = None) -> Detection:
     from processor.model_store import save_version
 
     outcome = train([series], cfg, source)
     path = save_version(model_dir, outcome.metadata, outcome.network)
-    engine = Engine(loaded_from_outcome(outcome, path))
+    engine = Engine(loaded_from_outcome(outcome, path), rule=rule)
     result = score_series(engine, series)
     return Detection(outcome, result.scored, [r.observation.offset for r in result.rejected])
 

@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from processor.calibration import ScoreRule
+from processor.config import Settings
 from processor.dataset import Windows, read_windows
 from processor.detect import (
     detect,
@@ -33,11 +35,12 @@ def plot_records(records: Sequence[ScoredRecord], metadata: ModelMetadata, key: 
                   alert_score=alert_score)
 
 
-def print_alerts(records: Sequence[ScoredRecord], limit: int = 20) -> None:
+def print_alerts(records: Sequence[ScoredRecord], alert_score: float = ALERT_SCORE,
+                 limit: int = 20) -> None:
     outside = sum(r.anomaly for r in records)
     alerts = [r for r in records if r.alert]
     print(f"{outside} records outside the normal band; {len(alerts)} alerts (a peak of the "
-          f"anomaly score above {ALERT_SCORE}: one per incident):")
+          f"anomaly score above {alert_score}: one per incident):")
     for r in alerts[:limit]:
         print(f"  {r.key}  {r.timestamp:%Y-%m-%d %H:%M}  value {r.value:.4g} expected "
               f"{r.prediction:.4g}  anomaly score {r.anomaly_score:.3f}  log-PD {r.log_pd:.1f}")
@@ -52,15 +55,18 @@ def run_detect(args: argparse.Namespace) -> int:
     series = csv_series(args.csv, args.labels, args.key)
     windows = read_windows(args.labels, args.csv) if args.labels else []
     out_dir: Path = args.out_dir
-    result = detect(series, cfg, str(args.csv), out_dir / "models")
+    alert_score = Settings().alert_score  # ANOMALY_ALERT_SCORE, as the processor reads it
+    result = detect(series, cfg, str(args.csv), out_dir / "models",
+                    ScoreRule(alert_score=alert_score))
     md = result.outcome.metadata
     print_outcome(md, out_dir / "models" / md.name / md.version)
     csv_path = write_scored_csv(result.scored, out_dir / f"{series.key}.scored.csv")
-    png = plot_records(result.scored, md, series.key, windows, out_dir / f"{series.key}.png")
+    png = plot_records(result.scored, md, series.key, windows, out_dir / f"{series.key}.png",
+                       alert_score=alert_score)
     if result.rejected_rows:
         print(f"{len(result.rejected_rows)} rows skipped: timestamp not after the previous row "
               f"(rows {result.rejected_rows[:5]}{' ...' if len(result.rejected_rows) > 5 else ''})")
-    print_alerts(result.scored)
+    print_alerts(result.scored, alert_score)
     if windows:
         print(f"labelled windows with at least one alert: {windows_hit(result.scored, windows)}"
               f" of {len(windows)}")

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 import orjson
+import structlog
 
 from processor.calibration import KeyScoreState, ScoreRule, ScoreStore
 from processor.model_store import LoadedModel
@@ -23,6 +24,7 @@ from processor.windows import KeyState, WindowStore
 from schemas.records import Alert, DeadLetterReason, ScoredRecord, Status, ms_to_datetime
 
 F64 = npt.NDArray[np.float64]
+log = structlog.get_logger(__name__)
 
 
 class Observation(NamedTuple):
@@ -213,9 +215,19 @@ class Engine:
         self.gap_reset_intervals = gap_reset_intervals
 
     def set_model(self, model: LoadedModel) -> None:
-        """Switch versions between batches; windows carry over (resized if needed)."""
+        """Switch versions between batches; windows carry over (resized if needed).
+
+        A version that reads further back (a season where there was none) sends every
+        key back to filling until it has that many values: a day of data for a daily
+        season. The keys affected are logged.
+        """
         if model.history != self.windows.width:
+            wider = model.history > self.windows.width
             self.windows = self.windows.resized(model.history)
+            if wider and len(self.windows):
+                log.warning("model_reads_further_back", version=model.version,
+                            values_before=self.model.history, values_now=model.history,
+                            keys_refilling=len(self.windows))
         self.model = model
 
     # -- per-key state as a whole (changelog restore, spilling, rebalances) -------------
@@ -314,7 +326,7 @@ class Engine:
             default_profile[idx] = profile == table.default_index
             scaled_error[idx] = s.scaled_error
             calibrated = self.scores.update([keys[i] for i in idx], s.deviation,
-                                            s.deviation_floor)
+                                            s.deviation_floor, s.anomaly)
             anomaly_score[idx] = calibrated.score
             peak[idx] = calibrated.peak
             alert[idx] = calibrated.alert

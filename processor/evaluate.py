@@ -1,14 +1,16 @@
 """`anomaly evaluate`: the Numenta Anomaly Benchmark protocol with this detector.
 
 Per series, in time order and without labels: train on the probationary period, then
-score every later row through the same `Engine` the stream processor runs. Optionally the
+stream every row through the same `Engine` the stream processor runs. By default the
 model is retrained on all past rows whenever the data seen has doubled, as a scheduled
-retraining job would do. Each row's anomaly score in [0, 1] is u / (1 + u), where u is
--log10 of the two-sided tail probability of its scaled error under the key's Gaussian: a
-monotone map of the log-PD that is comparable across series (NAB picks one threshold for
-the corpus), optionally post-processed (`processor.postprocess`).
-With `--steps` l > 1 each row has an l-vector of errors and the score comes from the
-equivalent |z| of its Mahalanobis distance (see `processor.postprocess`).
+retraining job would do. A row's NAB anomaly score is the engine's `anomaly_score` where
+it alerts and 0 elsewhere (`processor.calibration`): NAB's corpus-wide threshold sweep
+then chooses among the alerts, one detection per incident.
+
+The offline post-processing options (`--calibrate`, `--likelihood`, `--horizon`,
+`--smooth`, `--group`, `processor.postprocess`) score the scaled errors another way
+instead; they are what earlier versions of this detector were measured with, kept so the
+path to the current score can be rerun, and the stream does not apply them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import structlog
 
 from processor.bench import machine
 from processor.calibration import ScoreColumns, ScoreRule, ScoreStore, nab_score
+from processor.config import Settings
 from processor.dataset import DataError, Series
 from processor.detect import loaded_from_outcome
 from processor.engine import SCORED, Engine, Observation
@@ -58,7 +61,7 @@ from processor.nab.scoring import (
 )
 from processor.postprocess import PostProcess, scores, vector_scores
 from processor.scoring import MIN_SCALE
-from processor.train import TrainConfig, train
+from processor.train import TrainConfig, season_fits, train
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +79,8 @@ class EvalConfig:
     steps: int = 1
     relative: bool = False
     season: int | str = "day"  # rows, "day" or "none": see `TrainConfig.season`
+    #: The stream processor's default: a gap this many intervals long restarts a window.
+    gap_reset_intervals: float = Settings.model_fields["gap_reset_intervals"].default
 
 
 def series_window(cfg: EvalConfig, probation: int) -> int:
@@ -86,11 +91,15 @@ def series_window(cfg: EvalConfig, probation: int) -> int:
     return max(2, min(cfg.window, probation // 4))
 
 
+def _train_config(cfg: EvalConfig, window: int, season: int | str) -> TrainConfig:
+    return TrainConfig(name="nab", window=window, units=cfg.units, epochs=cfg.epochs,
+                       batch_size=32, patience=5, train_frac=0.7, val_frac=0.25,
+                       seed=cfg.seed, steps=cfg.steps, relative=cfg.relative, season=season,
+                       verbose=0)
+
+
 def _train(series: Series, cfg: EvalConfig, window: int, season: int | str) -> Any:
-    tc = TrainConfig(name="nab", window=window, units=cfg.units, epochs=cfg.epochs,
-                     batch_size=32, patience=5, train_frac=0.7, val_frac=0.25, seed=cfg.seed,
-                     steps=cfg.steps, relative=cfg.relative, season=season, verbose=0)
-    outcome = train([series], tc, "nab")
+    outcome = train([series], _train_config(cfg, window, season), "nab")
     return loaded_from_outcome(outcome, Path("."))
 
 
@@ -126,9 +135,11 @@ class FileErrors:
     cov: F64 | None = None
     deviation: F64 | None = None
     floor: F64 | None = None
+    outside: npt.NDArray[np.bool_] | None = None  # the model's own flag (log-PD < threshold)
     score: F64 | None = None
     peak: npt.NDArray[np.bool_] | None = None
     alert: npt.NDArray[np.bool_] | None = None
+    rule: str = ""  # repr of the ScoreRule the engine scored with
 
     def scores(self, pp: PostProcess) -> F64:
         """Per-row NAB anomaly scores under an offline post-processing variant."""
@@ -137,18 +148,22 @@ class FileErrors:
         return vector_scores(self.vectors, self.vector_mean, self.cov, pp)
 
     def nab_scores(self, rule: ScoreRule | None = None) -> F64:
-        """Per-row NAB anomaly scores as the stream gives them: the engine's, or for
-        another rule the same calibration code run over the engine's deviations."""
+        """Per-row NAB anomaly scores as the stream gives them: the engine's, or under
+        another rule the same calibration code run over the engine's deviations (what
+        the engine would have given with that rule: a test checks it)."""
         if self.deviation is None or self.floor is None or self.score is None \
                 or self.peak is None or self.alert is None:
             raise ValueError("errors cached without the engine's scores; recompute them")
-        if rule is None or rule == ScoreRule():
+        rule = rule or ScoreRule()
+        if repr(rule) == self.rule:
             return nab_score(ScoreColumns(self.score, self.peak, self.alert))
         keys = ["s"] * len(self.deviation)
-        return nab_score(ScoreStore(rule).update(keys, self.deviation, self.floor))
+        return nab_score(ScoreStore(rule, initial_capacity=1).update(
+            keys, self.deviation, self.floor, self.outside))
 
 
-def file_errors(cf: CorpusFile, cfg: EvalConfig, first_model: Any = None) -> FileErrors:
+def file_errors(cf: CorpusFile, cfg: EvalConfig, first_model: Any = None,
+                rule: ScoreRule | None = None) -> FileErrors:
     """Stream one series through the engine, learning only from rows already seen.
 
     The engine sees every row, the probationary ones too (windows fill, and the score
@@ -162,13 +177,16 @@ def file_errors(cf: CorpusFile, cfg: EvalConfig, first_model: Any = None) -> Fil
     series = Series("s", ts, cf.values.astype(np.float64))
     probation = probation_length(n)
     window = series_window(cfg, probation)
-    engine = Engine(first_model or _train(series.slice(0, probation), cfg, window, cfg.season))
+    rule = rule or ScoreRule()
+    engine = Engine(first_model or _train(series.slice(0, probation), cfg, window, cfg.season),
+                    gap_reset_intervals=cfg.gap_reset_intervals, rule=rule)
     season = engine.model.metadata.season
     errors = np.full(n, np.nan)
     mean = np.zeros(n)
     var = np.ones(n)
     deviation = np.full(n, np.nan)
     floor = np.zeros(n)
+    outside = np.zeros(n, bool)
     score = np.full(n, np.nan)
     peak = np.zeros(n, bool)
     alert = np.zeros(n, bool)
@@ -198,16 +216,17 @@ def file_errors(cf: CorpusFile, cfg: EvalConfig, first_model: Any = None) -> Fil
             peak[rows] = cols.peak[done]
             alert[rows] = cols.alert[done]
             deviation[rows] = cols.deviation[done]
+            outside[rows] = cols.anomaly[done]
             floor[rows] = MIN_SCALE * profile.scale_std
             if steps > 1:
                 assert cols.scaled_error is not None
                 vectors[rows] = cols.scaled_error[done]
         start = stop
-    calibrated = {"deviation": deviation, "floor": floor, "score": score, "peak": peak,
-                  "alert": alert}
-    if steps == 1:
-        return FileErrors(errors, mean, var, **calibrated)
-    return FileErrors(errors, mean, var, vectors, vector_mean, cov, **calibrated)
+    many = steps > 1
+    return FileErrors(errors, mean, var, vectors if many else None,
+                      vector_mean if many else None, cov if many else None,
+                      deviation=deviation, floor=floor, outside=outside, score=score,
+                      peak=peak, alert=alert, rule=repr(rule))
 
 
 def persistence_errors(cf: CorpusFile) -> FileErrors:
@@ -226,10 +245,14 @@ def persistence_errors(cf: CorpusFile) -> FileErrors:
     fitted = Gaussian.fit(error[1:probation])
     deviation = np.abs(error - fitted.mean) * scale
     floor = np.full(len(v), MIN_SCALE * scale)
-    cols = ScoreStore().update(["s"] * len(v), deviation, floor)
+    # The model's own flag, as `anomaly train` sets it without labels: log-PD below the
+    # 0.001 quantile of the probationary errors' log-PD.
+    lpd = fitted.log_pdf(error)
+    outside = lpd < np.nanquantile(lpd[1:probation], 0.001)
+    cols = ScoreStore().update(["s"] * len(v), deviation, floor, outside)
     return FileErrors(error, np.full(len(v), fitted.mean), np.full(len(v), fitted.var),
-                      deviation=deviation, floor=floor, score=cols.score, peak=cols.peak,
-                      alert=cols.alert)
+                      deviation=deviation, floor=floor, outside=outside, score=cols.score,
+                      peak=cols.peak, alert=cols.alert, rule=repr(ScoreRule()))
 
 
 def cache_path(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> Path:
@@ -238,7 +261,7 @@ def cache_path(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> Path:
         key += f"-l{cfg.steps}"
     if cfg.relative:
         key += "-rel"
-    key += f"-season-{cfg.season}"
+    key += f"-season-{cfg.season}-gap{cfg.gap_reset_intervals:g}"
     return cache_dir / key / (cf.name.replace("/", "__") + ".npz")
 
 
@@ -253,13 +276,21 @@ def _cached(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> bool:
         return False
 
 
+#: The modules whose code makes a cache entry: a change to any of them recomputes it.
+CACHED_CODE = ("calibration.py", "dataset.py", "engine.py", "evaluate.py", "gaussian.py",
+               "network.py", "scoring.py", "train.py", "windows.py")
+
+
 def fingerprint(cf: CorpusFile) -> str:
-    """A digest of the series' timestamps and values and of the score rule the engine
-    applied: a cache entry is only used for the data and rule it was computed with (same
-    file name, edited data or a changed rule: recomputed)."""
+    """A digest of the series' timestamps and values and of the code that made the
+    errors: an entry is only used for the data and code it was computed with (edited
+    data, or a release that trains or scores otherwise: recomputed). The score rule is
+    not in it: scores under another rule are recomputed from the cached deviations."""
     digest = hashlib.sha256(np.ascontiguousarray(cf.timestamps).tobytes())
     digest.update(np.ascontiguousarray(cf.values, np.float64).tobytes())
-    digest.update(repr(ScoreRule()).encode())
+    root = Path(__file__).parent
+    for name in CACHED_CODE:
+        digest.update((root / name).read_bytes())
     return digest.hexdigest()
 
 
@@ -277,18 +308,22 @@ def cached_errors(cf: CorpusFile, cfg: EvalConfig, cache_dir: Path) -> FileError
             with np.load(path) as data:
                 stored = {name: data[name] for name in data.files}
             if str(stored.pop("fingerprint", "")) == wanted:
+                if "rule" in stored:
+                    stored["rule"] = str(stored["rule"])
                 return FileErrors(**stored)
-            reason = "computed from other data, with another score rule or before fingerprints"
+            reason = "computed from other data or code, or before fingerprints"
         except (OSError, ValueError, TypeError, zipfile.BadZipFile) as exc:
             reason = f"unreadable ({type(exc).__name__})"
         log.warning("cache_entry_recomputed", path=str(path), reason=reason)
     fe = file_errors(cf, cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f.name: getattr(fe, f.name) for f in fields(fe) if getattr(fe, f.name) is not None}
+    arrays: dict[str, Any] = {f.name: np.asarray(getattr(fe, f.name)) for f in fields(fe)
+                              if getattr(fe, f.name) is not None}
+    arrays["fingerprint"] = np.array(wanted)
     # Written aside and renamed: an interrupted run leaves no half-written entry.
     partial = path.with_name(path.name + ".partial")
     with partial.open("wb") as handle:
-        np.savez(handle, fingerprint=np.array(wanted), **arrays)
+        np.savez(handle, **arrays)
     partial.replace(path)
     return fe
 
@@ -397,6 +432,14 @@ def checked_corpus(nab_dir: Path, names: list[str], cfg: EvalConfig | None = Non
             if probation < need:
                 raise DataError(f"{path}: its probationary period has {probation} rows; "
                                 f"training needs at least {need} (window, --steps)")
+            if isinstance(cfg.season, int) and cfg.season > 0:
+                tc = _train_config(cfg, series_window(cfg, probation), cfg.season)
+                if cfg.season <= cfg.steps or not season_fits(probation - skipped, tc,
+                                                              cfg.season):
+                    raise DataError(
+                        f"{path}: its probationary period has {probation - skipped} usable "
+                        f"rows, too few to train on a season of {cfg.season} rows (and "
+                        f"--steps {cfg.steps}); try --season day, which falls back to none")
         corpus[name] = cf
     return corpus
 
@@ -425,7 +468,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise DataError(f"{nab_dir / 'data'} holds no <category>/<name>.csv files")
     cfg = EvalConfig(window=args.window, units=args.units, epochs=args.epochs,
                      retrain=args.retrain, seed=args.seed, steps=args.steps,
-                     relative=args.relative, season=args.season)
+                     relative=args.relative, season=args.season,
+                     gap_reset_intervals=args.gap_reset_intervals)
     corpus = checked_corpus(nab_dir, names, None if args.persistence else cfg)
     whole = set(names) == set(data_files(nab_dir))
     out = _writable(Path(args.out or args.out_dir / "evaluate.json"))
@@ -444,7 +488,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     offline = pp != PostProcess()
     rule = ScoreRule(pane=100, panes=args.reference_rows // 100, group_pane=20,
                      group_panes=args.peak_rows // 20, alert_score=args.alert_score,
-                     quiet=args.quiet_rows)
+                     quiet=args.quiet_rows, needs_band=args.needs_band)
     out_dir: Path = args.out_dir
     started = time.monotonic()
     errors: dict[str, FileErrors] = {}

@@ -49,6 +49,9 @@ PARTS = ("train", "val", "test")
 DAY_MS = 86_400_000
 #: Training windows each key needs before a seasonal network is trained on it.
 MIN_SEASON_WINDOWS = 100
+#: The most rows a 'day' season may be (a day at one-minute sampling): beyond, every key
+#: would store that many values, so a season must be given in rows.
+MAX_DAY_ROWS = 1440
 #: Windows scaled and scored at once after training (bounds the memory of a long key).
 SCORE_CHUNK = 8192
 
@@ -66,8 +69,8 @@ class TrainConfig(BaseModel):
                            "and predict the change from it")
     season: int | Literal["day", "none"] = Field(
         "day", description="seasonal lag in rows the network also reads (the values one "
-        "season before its window): 'day' is one day at the median sampling interval, "
-        "'none' or 0 turns it off")
+        "season before its window): 'day' is one day at the median sampling interval (at "
+        "most 1440 rows), 'none' or 0 turns it off")
     epochs: int = Field(40, ge=1, description="most passes over the training windows")
     batch_size: int = Field(64, ge=1, description="windows per gradient step")
     patience: int = Field(5, ge=1, description="epochs without a better validation loss "
@@ -83,6 +86,17 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, description="random seed of the network's training")
     verbose: int = 2
 
+    @field_validator("season", mode="before")
+    @classmethod
+    def _season_text(cls, v: object) -> object:
+        if isinstance(v, str) and v not in ("day", "none"):
+            try:
+                return int(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is none of 'day', 'none' or a number of "
+                                 "rows") from None
+        return v
+
     @field_validator("season")
     @classmethod
     def _season_rows(cls, v: int | str) -> int | str:
@@ -92,9 +106,9 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _season_covers_steps(self) -> TrainConfig:
-        if isinstance(self.season, int) and 0 < self.season < self.steps:
-            raise ValueError(f"a season of {self.season} rows is shorter than the "
-                             f"{self.steps} steps predicted")
+        if isinstance(self.season, int) and 0 < self.season <= self.steps:
+            raise ValueError(f"season: a season of {self.season} rows must be longer than "
+                             f"the {self.steps} steps predicted")
         return self
 
 
@@ -159,10 +173,18 @@ def resolve_season(series: Sequence[Series], cfg: TrainConfig) -> int:
         return 0
     season = round(DAY_MS / interval)
     shortest = min(len(s) for s in usable)
-    if season < max(cfg.steps, 2) or not season_fits(shortest, cfg, season):
+    if season > MAX_DAY_ROWS:
+        log.info("season_off", season_rows=season, reason=f"more than {MAX_DAY_ROWS} rows a "
+                 "day: every key would hold a day of values (give --season in rows)")
+        return 0
+    if season <= cfg.steps or not season_fits(shortest, cfg, season):
         log.info("season_off", season_rows=season, shortest_key_rows=shortest,
                  reason="too few rows to train on the values one day earlier")
         return 0
+    if len({round(DAY_MS / i) for i in intervals}) > 1:
+        log.warning("season_keys_sampled_differently", season_rows=season,
+                    note="the season is a day at the median interval over keys; keys "
+                    "sampled at other rates read another lag")
     return season
 
 

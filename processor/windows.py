@@ -28,9 +28,9 @@ def input_width(window: int, season: int = 0, steps: int = 1) -> int:
     so they are one contiguous window whose first and last `window` values the network
     takes apart (`processor.network`).
     """
-    if season and season < max(steps, 2):
-        raise ValueError(f"a season of {season} rows is shorter than the {steps} "
-                         "predicted steps (or 2)")
+    if season and season <= max(steps, 1):
+        raise ValueError(f"a season of {season} rows must be longer than the {steps} "
+                         "predicted steps (and at least 2)")
     return window if not season else window + season - steps
 
 

@@ -3,7 +3,7 @@
 # Each writes benchmarks/results/nab-path/<name>.json (with its exact command and the
 # machine), the quoted one (default) benchmarks/results/nab-dev.json. Variants of the score
 # rule re-score the errors cached by the run before them (seconds); model variants train
-# anew (10-25 minutes each on 2 cores). About 70 minutes in all, uncached.
+# anew (10-25 minutes each on 2 cores). About 100 minutes in all, uncached.
 #   scripts/nab-path.sh            # everything
 #   scripts/nab-path.sh NAME...    # some of them (names below)
 set -euo pipefail
@@ -19,8 +19,6 @@ declare -A FLAGS=(
   [no-season]="--season none"
   # the configuration quoted before this path: no season, offline calibration and grouping
   [before]="--season none --calibrate 0.999 --group 200"
-  # every peak scored, no alert score, no quiet period
-  [every-peak]="--alert-score 0 --quiet-rows 0"
   [quiet-0]="--quiet-rows 0"
   [quiet-200]="--quiet-rows 200"
   [alert-0.4]="--alert-score 0.4"
@@ -28,17 +26,23 @@ declare -A FLAGS=(
   [reference-2000]="--reference-rows 2000"
   [peak-100]="--peak-rows 100"
   [peak-400]="--peak-rows 400"
+  # alert only where the model's own threshold flags the row too
+  [needs-band]="--needs-band"
+  # no gap resets (the processor's default restarts a window after 24 intervals)
+  [no-gap-reset]="--gap-reset-intervals 0"
   # no network: the persistence forecast's errors, scored the same way
   [persistence]="--persistence"
   # the spread that training alone gives
   [seed-1]="--seed 1"
+  [seed-2]="--seed 2"
   # Malhotra's l-step prediction
   [steps-3]="--steps 3"
   [window-60]="--window 60"
   [units-64]="--units 64"
 )
-ORDER=(default every-peak quiet-0 quiet-200 alert-0.4 reference-500 reference-2000 peak-100
-       peak-400 persistence seed-1 window-60 units-64 no-season before steps-3)
+ORDER=(default quiet-0 quiet-200 alert-0.4 reference-500 reference-2000 peak-100 peak-400
+       needs-band persistence seed-1 seed-2 window-60 units-64 no-season before
+       no-gap-reset steps-3)
 
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=("${ORDER[@]}")

@@ -33,7 +33,8 @@ def direct(keys, d, rule=RULE):
             gback = rule.group_panes if n % rule.group_pane else rule.group_panes + 1
             prev = [x for x in h["scores"][max(0, (gcur - gback) * rule.group_pane):n]
                     if not np.isnan(x)]
-            pk = s > (max(prev) if prev else -np.inf)
+            # scores are kept (and compared) as float32: an equal score is no new peak
+            pk = np.float32(s) > (max(np.float32(x) for x in prev) if prev else -np.inf)
             al = pk and s > rule.alert_score and n - h["alerted"][0] > rule.quiet
             if al:
                 h["alerted"][0] = n
@@ -45,11 +46,12 @@ def direct(keys, d, rule=RULE):
     return np.array(score), np.array(peak), np.array(alert)
 
 
+@pytest.mark.parametrize("keys_in_stream", [3, 40])  # record by record / as arrays
 @pytest.mark.parametrize("batch", [1, 7, 257, 10_000])
-def test_panes_give_the_definition_exactly_whatever_the_batches(batch):
+def test_panes_give_the_definition_exactly_whatever_the_batches(batch, keys_in_stream):
     rng = np.random.default_rng(0)
-    n = 6000
-    keys = [f"k{i}" for i in rng.integers(0, 3, n)]
+    n = 6000 if keys_in_stream == 3 else 40_000
+    keys = [f"k{i}" for i in rng.integers(0, keys_in_stream, n)]
     d = np.abs(rng.standard_t(3, n)).astype(np.float32).astype(float)
     d[rng.random(n) < 0.01] = np.nan  # rows without a prediction
     d[rng.random(n) < 0.003] *= 30  # incidents
@@ -63,6 +65,26 @@ def test_panes_give_the_definition_exactly_whatever_the_batches(batch):
     np.testing.assert_array_equal(np.concatenate([g.peak for g in got]), want[1])
     np.testing.assert_array_equal(np.concatenate([g.alert for g in got]), want[2])
     assert 0 < want[2].sum() < want[1].sum()  # the quiet period and threshold matter
+
+
+def test_equal_scores_are_no_new_peak():
+    d = np.ones(300)
+    d[[200, 210, 220]] = 3.0  # the same error thrice: one peak
+    c = ScoreStore().update(["k"] * 300, d, np.full(300, 1e-9))
+    assert c.peak[200] and not c.peak[210] and not c.peak[220]
+
+
+def test_with_needs_band_only_rows_the_model_flags_alert():
+    d = np.ones(400)
+    d[200], d[350] = 50.0, 5000.0  # both peak and alert, 150 rows apart
+    outside = np.zeros(400, bool)
+    outside[350] = True  # the model's band holds row 200, not row 350
+    floor = np.full(400, 1e-9)
+    plain = ScoreStore().update(["k"] * 400, d, floor, outside)
+    banded = ScoreStore(ScoreRule(needs_band=True)).update(["k"] * 400, d, floor, outside)
+    assert np.flatnonzero(plain.alert).tolist() == [200, 350]
+    assert np.flatnonzero(banded.alert).tolist() == [350]
+    np.testing.assert_array_equal(plain.score, banded.score)
 
 
 def test_scale_free_and_warming_up():

@@ -50,10 +50,10 @@ def test_model_variants_do_not_share_cached_errors(tmp_path: Path) -> None:
                     np.array([]), [])
     keys = {cache_path(cf, cfg, tmp_path).parent.name for cfg in (
         EvalConfig(), EvalConfig(relative=True), EvalConfig(steps=3), EvalConfig(window=96),
-        EvalConfig(season="none"), EvalConfig(season=48))}
-    assert len(keys) == 6
+        EvalConfig(season="none"), EvalConfig(season=48), EvalConfig(gap_reset_intervals=0))}
+    assert len(keys) == 7
     assert cache_path(cf, EvalConfig(), tmp_path).parent.name == \
-        "w30-u32-e30-doubling-s0-season-day"
+        "w30-u32-e30-doubling-s0-season-day-gap24"
 
 
 def test_scores_say_how_many_windows_were_detected_and_rows_outside_them() -> None:
@@ -214,3 +214,14 @@ def test_a_corrupt_cache_entry_is_recomputed(tmp_path: Path, monkeypatch: pytest
     np.testing.assert_array_equal(got.error, np.ones(n))
     assert ev._cached(cf, EvalConfig(), tmp_path)
     assert not list(path.parent.glob("*.partial"))
+
+
+def test_a_season_the_probationary_rows_cannot_train_is_refused_up_front(tmp_path: Path
+                                                                         ) -> None:
+    from processor.dataset import DataError
+    from processor.evaluate import checked_corpus
+
+    root = _nab_folder(tmp_path, GOOD)  # 288 rows: 43 probationary
+    assert len(checked_corpus(root, ["c/x.csv"], EvalConfig(window=8, season="none"))) == 1
+    with pytest.raises(DataError, match=r"x\.csv: .* too few to train on a season of 24"):
+        checked_corpus(root, ["c/x.csv"], EvalConfig(window=8, season=24))

@@ -77,8 +77,8 @@ def test_season_must_cover_the_predicted_steps():
     from processor.windows import input_width
 
     assert input_width(30, 0, 1) == 30 and input_width(30, 288, 1) == 317
-    with pytest.raises(ValueError, match="shorter than"):
-        input_width(30, 2, 3)
+    with pytest.raises(ValueError, match="longer than"):
+        input_width(30, 3, 3)  # both channels would be the same values
 
 
 @pytest.mark.slow

@@ -167,8 +167,9 @@ def test_planted_spike_raises_an_alert(settings, processor, series, outcome):
     # The series has incidents of its own, and an alert silences its key for 100 records:
     # plant the spike where the engine, offline, has no alert of the series' own in the
     # 100 rows before it (and the key has 100 scored values of history).
-    spike_at = next(at for at in range(250, 400, 10)
-                    if at in _offline_alerts(outcome, _planted(series, at)))
+    spike_at = next((at for at in range(250, 400, 10)
+                     if at in _offline_alerts(outcome, _planted(series, at))), None)
+    assert spike_at is not None, "no row in 250..390 where a planted spike alerts offline"
     rows = _planted(series, spike_at)
     _, ts, value = rows[spike_at]
     produce(settings, rows)

@@ -267,9 +267,9 @@ def test_error_cache_keeps_the_one_step_format_and_adds_steps(tmp_path, monkeypa
             if want is not None:
                 np.testing.assert_array_equal(getattr(got, name), want)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "w30-u32-e30-doubling-s0-l3-season-day", "w30-u32-e30-doubling-s0-season-day"]
-    with np.load(tmp_path / "w30-u32-e30-doubling-s0-season-day" / "cat__x.csv.npz") as data:
-        assert sorted(data.files) == ["error", "fingerprint", "mean", "var"]
+        "w30-u32-e30-doubling-s0-l3-season-day-gap24", "w30-u32-e30-doubling-s0-season-day-gap24"]
+    with np.load(tmp_path / "w30-u32-e30-doubling-s0-season-day-gap24" / "cat__x.csv.npz") as data:
+        assert sorted(data.files) == ["error", "fingerprint", "mean", "rule", "var"]
     pp = PostProcess()
     np.testing.assert_array_equal(one.scores(pp), scores(one.error, one.mean, one.var, pp))
     assert three.scores(pp).shape == (n,)

@@ -46,3 +46,22 @@ def test_batches_are_the_whole_pairs_in_any_order(steps, season):
             x, y = rows.batch(order[lo:lo + 37])
             np.testing.assert_array_equal(x, x_all[order[lo:lo + 37]])
             np.testing.assert_array_equal(y, y_all[order[lo:lo + 37]])
+
+
+def test_the_season_is_settled_on_the_rows_training_will_use():
+    from processor.train import MIN_SEASON_WINDOWS, resolve_season, stored_width
+
+    cfg = TrainConfig(window=30, train_frac=0.7)  # season 'day'
+    interval = 300_000  # 5 minutes: a day is 288 rows
+    width = stored_width(cfg, 288)
+    # Just enough rows for 100 training windows of a day and a window ...
+    n = int(np.ceil((width + MIN_SEASON_WINDOWS) / 0.7)) + 1
+    ts = np.arange(n, dtype=np.int64) * interval
+    ok = Series("k", ts, np.sin(np.arange(n) / 10.0))
+    assert resolve_season([ok], cfg) == 288
+    # ... and 11 of them repeating a timestamp, which training drops: too few then.
+    repeated = ts.copy()
+    repeated[100:111] = repeated[99]
+    assert resolve_season([Series("k", repeated, ok.values)], cfg) == 0
+    assert resolve_season([ok], cfg.model_copy(update={"season": "none"})) == 0
+    assert resolve_season([ok], cfg.model_copy(update={"season": 48})) == 48

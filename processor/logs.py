@@ -8,6 +8,20 @@ import sys
 import structlog
 
 
+class _CurrentStderr:
+    """Writes to whatever `sys.stderr` is at the time of the call, not at configure time.
+
+    A logger bound to the stream object itself keeps writing to it after it was replaced and
+    closed (an embedding application or a test harness that captures output), and then fails.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str = "INFO", json: bool = True) -> None:
     """Call once at start-up; `json=False` gives coloured key=value lines for terminals."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
@@ -23,6 +37,6 @@ def configure(level: str = "INFO", json: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )

@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only the first rows: a count, or a fraction below 1")
     p.add_argument("--since", help="topic: start time (ISO-8601 or epoch ms)")
     p.add_argument("--until", help="topic: end time (ISO-8601 or epoch ms)")
-    p.add_argument("--since-hours", type=float,
+    p.add_argument("--since-hours", type=_above(0),
                    help="topic: start this many hours before now (for scheduled retraining)")
     p.add_argument("--no-announce", action="store_true",
                    help="write the version to the store but do not announce it on Kafka "
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, default=None,
                    help="series to stream (default: NAB machine_temperature_system_failure)")
     p.add_argument("--labels", type=Path, default=None, help="NAB windows JSON")
-    p.add_argument("--train-rows", type=float, default=0.4,
+    p.add_argument("--train-rows", type=_above(0), default=0.4,
                    help="first rows to train on: a fraction below 1 or a count")
     p.add_argument("--out-dir", type=Path, default=Path("out/demo"))
     p.add_argument("--external-broker", action="store_true",

@@ -21,7 +21,7 @@ import structlog
 from confluent_kafka import Consumer, Producer
 
 from processor.config import Settings
-from processor.dataset import DataError, Series, read_windows
+from processor.dataset import DataError, Series, read_windows, writable_file
 from processor.detect import windows_hit, write_scored_jsonl
 from processor.detect_job import plot_records
 from processor.model_store import read_metadata
@@ -132,6 +132,8 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     rest = series.slice(len(head))
     if len(rest) == 0:
         raise DataError("--train-rows leaves nothing to stream")
+    for name in ("scored.jsonl", "demo.png", "processor.log", "models/demo/probe"):
+        writable_file(args.out_dir / name, "the demo's output")
     if not args.external_broker:
         from processor.localbroker import start
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from processor.calibration import ScoreRule
 from processor.config import Settings
-from processor.dataset import Windows, read_windows
+from processor.dataset import Windows, read_windows, writable_file
 from processor.detect import (
     detect,
     windows_hit,
@@ -48,6 +49,11 @@ def print_alerts(records: Sequence[ScoredRecord], alert_score: float = ALERT_SCO
         print(f"  ... and {len(alerts) - limit} more (see the CSV)")
 
 
+def file_name(key: str) -> str:
+    """The key as a plain file name: no folders, no leading dot."""
+    return re.sub(r"[^\w.-]+", "_", key).lstrip(".") or "series"
+
+
 def run_detect(args: argparse.Namespace) -> int:
     cfg_fields = {k.removeprefix("cfg_"): v for k, v in vars(args).items()
                   if k.startswith("cfg_") and v is not None}
@@ -55,13 +61,18 @@ def run_detect(args: argparse.Namespace) -> int:
     series = csv_series(args.csv, args.labels, args.key)
     windows = read_windows(args.labels, args.csv) if args.labels else []
     out_dir: Path = args.out_dir
+    # Checked before training; the key names the files but never leaves out_dir.
+    name = file_name(series.key)
+    csv_out = writable_file(out_dir / f"{name}.scored.csv", "scored rows")
+    png_out = writable_file(out_dir / f"{name}.png", "the plot")
+    writable_file(out_dir / "models" / cfg.name / "probe", "the model")
     alert_score = Settings().alert_score  # ANOMALY_ALERT_SCORE, as the processor reads it
     result = detect(series, cfg, str(args.csv), out_dir / "models",
                     ScoreRule(alert_score=alert_score))
     md = result.outcome.metadata
     print_outcome(md, out_dir / "models" / md.name / md.version)
-    csv_path = write_scored_csv(result.scored, out_dir / f"{series.key}.scored.csv")
-    png = plot_records(result.scored, md, series.key, windows, out_dir / f"{series.key}.png",
+    csv_path = write_scored_csv(result.scored, csv_out)
+    png = plot_records(result.scored, md, series.key, windows, png_out,
                        alert_score=alert_score)
     if result.rejected_rows:
         print(f"{len(result.rejected_rows)} rows skipped: timestamp not after the previous row "

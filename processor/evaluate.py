@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -36,7 +35,7 @@ import structlog
 from processor.bench import machine
 from processor.calibration import ScoreColumns, ScoreRule, ScoreStore, nab_score
 from processor.config import Settings
-from processor.dataset import DataError, Series
+from processor.dataset import MAX_SKIPPED_SHARE, DataError, Series, writable_file
 from processor.detect import loaded_from_outcome
 from processor.engine import SCORED, Engine, Observation
 from processor.gaussian import Gaussian
@@ -352,9 +351,6 @@ def nab_scores(names: list[str], corpus: dict[str, CorpusFile], per_row: dict[st
 
 #: Largest magnitude the network takes (it computes in float32).
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-#: Share of a series' rows that may be skipped for not moving forward in time before the
-#: file is refused as unsorted (NAB's own files have 11 such rows in one series).
-MAX_SKIPPED_SHARE = 0.01
 
 
 def checked_profiles(nab_dir: Path) -> None:
@@ -444,21 +440,6 @@ def checked_corpus(nab_dir: Path, names: list[str], cfg: EvalConfig | None = Non
     return corpus
 
 
-def _writable(out: Path) -> Path:
-    """Fail before the long work if the results file cannot be written."""
-    blocking = next((d for d in out.parents if d.exists() and not d.is_dir()), None)
-    if blocking is not None:
-        raise DataError(f"cannot write results to {out}: {blocking} is a file, not a folder")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot write results to {out}: {exc.strerror or exc}") from None
-    if out.is_dir() or not os.access(out.parent, os.W_OK) or (
-            out.exists() and not os.access(out, os.W_OK)):
-        raise DataError(f"cannot write results to {out}: not a writable file")
-    return out
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     nab_dir: Path = args.nab_dir
     if not (nab_dir / "data").is_dir():
@@ -472,12 +453,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
                      gap_reset_intervals=args.gap_reset_intervals)
     corpus = checked_corpus(nab_dir, names, None if args.persistence else cfg)
     whole = set(names) == set(data_files(nab_dir))
-    out = _writable(Path(args.out or args.out_dir / "evaluate.json"))
+    out = writable_file(Path(args.out or args.out_dir / "evaluate.json"))
     if out.resolve().is_relative_to(nab_dir.resolve()):
         raise DataError(f"--out {out} lies inside --nab-dir {nab_dir}: it would overwrite "
                         "the benchmark's own files")
     for folder in (args.out_dir / "cache", args.out_dir / "results"):
-        _writable(folder / "probe")
+        writable_file(folder / "probe")
     if not any(corpus[n].windows for n in names):
         raise DataError("none of the chosen files has a labelled anomaly window; NAB's "
                         "scores are normalised by the windows, so add at least one such file")

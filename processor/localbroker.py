@@ -543,12 +543,23 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
+def _port(text: str) -> int:
+    """A TCP port a broker can listen on (1-65534: the controller takes port + 1)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65534:
+        raise argparse.ArgumentTypeError(f"port {port} is not between 1 and 65534")
+    return port
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
     parser = _Parser(prog=prog, description="Run a single-node Kafka broker on 127.0.0.1.")
     parser.add_argument("action", choices=("start", "stop", "status"))
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="client port (9092)")
+    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help="client port (9092)")
     parser.add_argument(
-        "--controller-port", type=int, default=None, help="KRaft controller port (port + 1)"
+        "--controller-port", type=_port, default=None, help="KRaft controller port (port + 1)"
     )
     parser.add_argument("--fresh", action="store_true", help="start: delete all broker data first")
     return parser

@@ -22,7 +22,8 @@ def run_plot(args: argparse.Namespace, settings: Settings) -> int:
     try:
         return _plot(args, settings)
     except ValueError as exc:  # the plot module reports unusable input this way
-        raise DataError(str(exc)) from exc
+        where = f"{args.input}: " if args.input is not None else ""
+        raise DataError(f"{where}{exc}") from exc
 
 
 def _plot(args: argparse.Namespace, settings: Settings) -> int:

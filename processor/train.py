@@ -64,7 +64,8 @@ class TrainConfig(BaseModel):
     units: int = Field(64, ge=1, description="LSTM units per layer")
     layers: int = Field(1, ge=1, le=4, description="stacked LSTM layers")
     steps: int = Field(1, ge=1, description="values predicted ahead (Malhotra's l)")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each LSTM layer")
+    dropout: float = Field(0.0, allow_inf_nan=False, ge=0, lt=1,
+                           description="dropout after each LSTM layer")
     relative: bool = Field(False, description="see windows relative to their last value "
                            "and predict the change from it")
     season: int | Literal["day", "none"] = Field(
@@ -75,15 +76,20 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(64, ge=1, description="windows per gradient step")
     patience: int = Field(5, ge=1, description="epochs without a better validation loss "
                           "before stopping")
-    train_frac: float = Field(0.5, gt=0, lt=1, description="share of each key's rows, "
-                              "first in time, for training")
-    val_frac: float = Field(0.25, gt=0, lt=1, description="share after that for early "
-                            "stopping and the threshold; the rest is the test part")
-    beta: float = Field(0.1, gt=0, description="F-beta the threshold maximises on "
-                        "labelled validation data (below 1 favours precision)")
-    quantile: float = Field(0.001, gt=0, lt=1, description="without labels: the share of "
-                            "validation rows the threshold flags")
-    seed: int = Field(0, description="random seed of the network's training")
+    train_frac: float = Field(0.5, allow_inf_nan=False, gt=0, lt=1,
+                              description="share of each key's rows, first in time, for "
+                              "training")
+    val_frac: float = Field(0.25, allow_inf_nan=False, gt=0, lt=1,
+                            description="share after that for early stopping and the "
+                            "threshold; the rest is the test part")
+    beta: float = Field(0.1, allow_inf_nan=False, gt=0,
+                        description="F-beta the threshold maximises on labelled validation "
+                        "data (below 1 favours precision)")
+    quantile: float = Field(0.001, allow_inf_nan=False, gt=0, lt=1,
+                            description="without labels: the share of validation rows the "
+                            "threshold flags")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="random seed of the network's "
+                      "training")
     verbose: int = 2
 
     @field_validator("season", mode="before")
@@ -188,6 +194,39 @@ def resolve_season(series: Sequence[Series], cfg: TrainConfig) -> int:
     return season
 
 
+def trainable(series: Sequence[Series], cfg: TrainConfig
+              ) -> tuple[list[Series], dict[str, int]]:
+    """For retraining on many keys: the keys long enough to train on, and the rest with
+    their usable rows.
+
+    One new sensor must not stop the next version (or, with 'day', turn the season off
+    for every key): a key too short for the window, or for the season when other keys
+    have a day to spare, is left out and scored with the default profile until a later
+    retraining has enough of it. A single series is not filtered: it is the whole job.
+    """
+    rows = {s.key: len(keep_in_order(s)[0]) for s in series}
+    need = 4 * (cfg.window + cfg.steps - 1)
+    kept = [s for s in series if rows[s.key] >= need]
+    if cfg.season != "none" and kept:
+        season = cfg.season if cfg.season != "day" else _day_rows(kept)
+        if season and season > cfg.steps:
+            fits = [s for s in kept if season_fits(rows[s.key], cfg, int(season))]
+            kept = fits or kept  # none fits: `resolve_season` turns it off and says so
+    names = {s.key for s in kept}
+    return kept, {k: n for k, n in rows.items() if k not in names}
+
+
+def _day_rows(series: Sequence[Series]) -> int:
+    """One day in rows at the keys' median sampling interval (0 if unknown or too many)."""
+    usable = [keep_in_order(s)[0] for s in series]
+    intervals = [np.median(np.diff(s.timestamps)) for s in usable if len(s) > 1]
+    interval = float(np.median(intervals)) if intervals else 0.0
+    if not interval > 0:
+        return 0
+    season = round(DAY_MS / interval)
+    return season if season <= MAX_DAY_ROWS else 0
+
+
 def prepare(series: Series, cfg: TrainConfig) -> KeyWindows:
     """Cut one key into windows and mark each target's part, label and cleanliness.
 
@@ -198,7 +237,7 @@ def prepare(series: Series, cfg: TrainConfig) -> KeyWindows:
     n = len(s)
     recent = cfg.window + cfg.steps - 1
     if n < 4 * recent:
-        raise DataError(f"series {s.key!r} has {n} usable rows; need at least "
+        raise DataError(f"series {s.key!r} has {n} usable row{'s' * (n != 1)}; need at least "
                         f"{4 * recent} for window {cfg.window}"
                         + (f" and {cfg.steps} steps" if cfg.steps > 1 else ""))
     season = int(cfg.season) if cfg.season not in ("day", "none") else 0

@@ -9,12 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import structlog
+from confluent_kafka import KafkaException
 
 from processor.champion import Verdict, judge
 from processor.config import Settings
-from processor.dataset import DataError, Series, read_csv, read_windows, with_windows
+from processor.dataset import (
+    DataError,
+    Series,
+    check_sorted,
+    read_csv,
+    read_windows,
+    with_windows,
+)
 from processor.model_store import ModelMetadata, save_version
-from processor.train import TrainConfig, TrainOutcome, train
+from processor.train import TrainConfig, TrainOutcome, train, trainable
 from schemas.records import DeadLetter, _to_epoch_ms
 
 log = structlog.get_logger(__name__)
@@ -44,7 +52,10 @@ def first_rows(series: Series, rows: float | None, flag: str = "--rows") -> Seri
 
 
 def csv_series(path: Path, labels: Path | None, key: str | None) -> Series:
+    if key is not None and not key.strip():
+        raise DataError("--key is empty; leave it out to use the file name")
     series = read_csv(path, key=key)
+    check_sorted(series, path)
     if labels is not None:
         series = with_windows(series, read_windows(labels, path))
     return series
@@ -55,10 +66,15 @@ def topic_series(settings: Settings, since: str | None, until: str | None) -> li
     from processor.stream.codec import decode
     from processor.stream.topic_reader import read_range
 
+    start, end = parse_time(since), parse_time(until)
+    if start is not None and end is not None and start >= end:
+        raise DataError(f"--since {since} is not before --until {until}")
     by_key: dict[str, list[tuple[int, float]]] = defaultdict(list)
     invalid = 0
-    for raw in read_range(settings, settings.input_topic, parse_time(since), parse_time(until)):
-        item = decode(raw, settings.max_message_bytes)
+    latest = (int((time.time() + settings.max_future_s) * 1000) if settings.max_future_s
+              else None)
+    for raw in read_range(settings, settings.input_topic, start, end):
+        item = decode(raw, settings.max_message_bytes, latest)
         if isinstance(item, DeadLetter):
             invalid += 1
             continue
@@ -69,6 +85,32 @@ def topic_series(settings: Settings, since: str | None, until: str | None) -> li
         raise DataError(f"no valid records in {settings.input_topic} for that time range")
     return [Series(k, np.array([t for t, _ in v], np.int64), np.array([x for _, x in v]))
             for k, v in by_key.items()]
+
+
+def _check_broker(settings: Settings) -> None:
+    from processor.stream.clients import check_broker
+
+    try:
+        check_broker(settings)
+    except KafkaException as exc:
+        raise DataError(f"{exc.args[0]}; start one (`anomaly broker start`) or train with "
+                        "--no-announce") from None
+
+
+def _trainable(series: list[Series], cfg: TrainConfig) -> list[Series]:
+    """The keys of the time range that can be trained on; the rest are logged."""
+    kept, skipped = trainable(series, cfg)
+    if skipped:
+        log.warning("keys_skipped_too_short", keys=len(skipped),
+                    examples=dict(sorted(skipped.items())[:20]),
+                    note="scored with the default profile until a retraining has enough "
+                    "of them")
+    if not kept:
+        longest = max(skipped.values())
+        raise DataError(f"no key in the time range has enough rows to train on (the longest "
+                        f"has {longest}; window {cfg.window} needs "
+                        f"{4 * (cfg.window + cfg.steps - 1)})")
+    return kept
 
 
 def store_and_announce(outcome: TrainOutcome, settings: Settings, announce: bool) -> Path:
@@ -105,6 +147,8 @@ def run_training(args: argparse.Namespace, settings: Settings) -> int:
     cfg_fields = {k.removeprefix("cfg_"): v for k, v in vars(args).items()
                   if k.startswith("cfg_") and v is not None}
     cfg = TrainConfig(name=settings.model_name, **cfg_fields)
+    if not args.no_announce:
+        _check_broker(settings)
     if args.csv is not None:
         series = [first_rows(csv_series(args.csv, args.labels, args.key), args.rows)]
         source = str(args.csv)
@@ -114,11 +158,18 @@ def run_training(args: argparse.Namespace, settings: Settings) -> int:
             if args.since is not None:
                 raise DataError("give --since or --since-hours, not both")
             since = str(int((time.time() - args.since_hours * 3600) * 1000))
-        series = topic_series(settings, since, args.until)
+        series = _trainable(topic_series(settings, since, args.until), cfg)
         source = f"kafka:{settings.input_topic}"
     outcome = train(series, cfg, source)
     if not args.no_announce:
-        verdict = challenge(outcome, settings, force=args.force)
+        try:
+            verdict = challenge(outcome, settings, force=args.force)
+        except KafkaException as exc:  # the broker went away while training: keep the work
+            store_and_announce(outcome, settings, announce=False)
+            raise DataError(f"version {outcome.metadata.version} was saved to "
+                            f"{settings.model_store} but not compared or announced "
+                            f"({exc.args[0]}); announce it with `anomaly rollback "
+                            f"{outcome.metadata.version}`") from None
         print(f"champion/challenger: {verdict.reason}")
         outcome.metadata.metrics.update(verdict.metrics())
         if not verdict.publish:

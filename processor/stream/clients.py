@@ -51,6 +51,16 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     }
 
 
+def check_broker(settings: Settings, timeout_s: float = 10.0) -> None:
+    """Raise `KafkaException` unless a broker answers a metadata request in time: a
+    command that ends by publishing checks this before its long work, not after."""
+    try:
+        AdminClient(base_config(settings)).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise KafkaException(f"no Kafka broker answers at {settings.bootstrap_servers} "
+                             f"within {timeout_s:g} s ({exc.args[0]})") from None
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     """Create the processor's topics if missing; the model topic is compacted."""
     admin = AdminClient(base_config(settings))

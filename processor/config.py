@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         "pass; no privilege needed.")
     max_message_bytes: int = Field(1_000_000, ge=64, description="Input records above this "
                                    "size are dead-lettered unread.")
+    max_future_s: float = Field(
+        86_400.0, ge=0, allow_inf_nan=False, description="Records stamped more than this "
+        "many seconds ahead of the processor's clock are dead-lettered as future_timestamp: "
+        "one such record would make every later real record of its key out of order "
+        "(0: no limit).")
     initial_key_capacity: int = Field(1024, ge=1)
     http_port: int | None = Field(
         8080, le=65535, description="Port of /healthz, /readyz and /metrics (0: any free port; "

@@ -207,6 +207,9 @@ class DeadLetterReason(StrEnum):
     KEY_MISMATCH = "key_mismatch"
     DUPLICATE_TIMESTAMP = "duplicate_timestamp"
     OUT_OF_ORDER = "out_of_order"
+    #: Stamped further ahead of the processor's clock than `max_future_s` allows: taken,
+    #: it would make every real record of its key after it out of order.
+    FUTURE_TIMESTAMP = "future_timestamp"
 
 
 class DeadLetter(_Wire):

@@ -74,3 +74,14 @@ def test_integer_too_long_for_python_is_a_dead_letter_not_a_crash():
         assert isinstance(out, DeadLetter)
         assert out.reason == DeadLetterReason.INVALID_FIELD
         assert "digits" in out.detail
+
+
+def test_a_record_stamped_past_the_latest_accepted_time_is_dead_lettered():
+    body = b'{"key":"k1","timestamp":"2199-01-01T00:00:00Z","value":1}'
+    latest = 1_800_000_000_000  # 2027-01-15
+    out = decode(raw(body), 10_000, latest_ms=latest)
+    assert isinstance(out, DeadLetter) and out.reason == DeadLetterReason.FUTURE_TIMESTAMP
+    assert "max_future_s" in out.detail and base64.b64decode(out.original_value_b64) == body
+    ok = decode(raw(b'{"key":"k1","timestamp":1799999999999,"value":1}'), 10_000, latest)
+    assert isinstance(ok, Observation) and ok.timestamp_ms == latest - 1
+    assert isinstance(decode(raw(body), 10_000), Observation)  # no limit given: taken

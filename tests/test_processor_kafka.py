@@ -194,15 +194,19 @@ def test_malformed_records_are_dead_lettered_and_nothing_is_lost(settings, proce
     good = rows_for(series, "k", 0, 40)
     bad = [(b"k", b"\xff\xfe not utf8"), (b"k", b"{oops"), (b"k", b'{"key":"k"}'),
            (b"other", json.dumps({"key": "k", "timestamp": 1, "value": 1.0}).encode()),
-           (b"k", json.dumps({"key": "k", "timestamp": int(good[5][1]), "value": 2.0}).encode())]
+           (b"k", json.dumps({"key": "k", "timestamp": int(good[5][1]), "value": 2.0}).encode()),
+           # Far in the future: taken, it would put every later record of "k" out of order.
+           (b"k", json.dumps({"key": "k", "timestamp": "2199-01-01T00:00:00Z",
+                              "value": 3.0}).encode())]
     produce(settings, good, bad)
     dead = [DeadLetter.model_validate_json(v)
             for v in read(settings, settings.dead_letter_topic, len(bad), timeout=60)]
-    scored = read(settings, settings.scored_topic, len(good))
-    assert len(scored) == len(good)
+    produce(settings, rows_for(series, "k", 40, 10))  # the key still takes real records
+    scored = read(settings, settings.scored_topic, len(good) + 10)
+    assert len(scored) == len(good) + 10
     assert len(dead) == len(bad)
     assert {d.reason.value for d in dead} >= {"not_utf8", "not_json", "invalid_field",
-                                              "key_mismatch"}
+                                              "key_mismatch", "future_timestamp"}
     # The late duplicate (timestamp of row 5 again) is either a duplicate or out of order,
     # depending on how the batches fell; either way it is dead-lettered, not scored.
     assert {d.reason.value for d in dead} & {"duplicate_timestamp", "out_of_order"}

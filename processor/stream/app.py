@@ -255,8 +255,12 @@ class Processor:
                 self._activate(model)
                 return True
             self.health.beat()  # waiting for a first model is not a stalled loop
+            store = self.settings.model_store / self.settings.model_name
             log.info("waiting_for_model", store=str(self.settings.model_store),
-                     topic=self.settings.model_topic)
+                     model_name=self.settings.model_name, topic=self.settings.model_topic,
+                     **({} if store.is_dir() else
+                        {"note": f"{store} does not exist: check model_store and "
+                         "model_name, or train a version (anomaly train)"}))
             self.stop.wait(2.0)
             ann = watcher.poll() or ann
         return False
@@ -561,8 +565,9 @@ class Processor:
         assert self._engine is not None
         s, started = self.settings, time.monotonic()
         observations, dead = [], []
+        latest = int((time.time() + s.max_future_s) * 1000) if s.max_future_s else None
         for raw in records:
-            item = decode(raw, s.max_message_bytes)
+            item = decode(raw, s.max_message_bytes, latest)
             if isinstance(item, DeadLetter):
                 dead.append(item)
             else:

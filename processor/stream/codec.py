@@ -57,8 +57,21 @@ def _validation_detail(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def decode(raw: RawRecord, max_bytes: int) -> Observation | DeadLetter:
-    """Validate one input record against the contract (`schemas.InputRecord`)."""
+def decode(raw: RawRecord, max_bytes: int, latest_ms: int | None = None
+           ) -> Observation | DeadLetter:
+    """Validate one input record against the contract (`schemas.InputRecord`); with
+    `latest_ms`, a later timestamp is refused too: taken, one such record would put every
+    later real record of its key out of order."""
+    item = _decode(raw, max_bytes)
+    if latest_ms is not None and isinstance(item, Observation) and item.timestamp_ms > latest_ms:
+        return dead_letter(raw, DeadLetterReason.FUTURE_TIMESTAMP,
+                           f"timestamp {item.timestamp_ms} is "
+                           f"{(item.timestamp_ms - latest_ms) / 1000:.0f} s past the latest "
+                           "this processor accepts (its clock plus max_future_s)")
+    return item
+
+
+def _decode(raw: RawRecord, max_bytes: int) -> Observation | DeadLetter:
     if raw.value is None:
         return dead_letter(raw, DeadLetterReason.INVALID_FIELD, "empty message (tombstone)")
     if len(raw.value) > max_bytes:

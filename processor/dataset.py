@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from schemas.records import FLOAT32_MAX
+from schemas.records import FLOAT32_MAX, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS
 
 
 class DataError(Exception):
@@ -37,6 +37,10 @@ class Series:
 
 Windows = list[tuple[int, int]]
 
+#: Numeric timestamps that all lie below this (1973-03-03 as epoch milliseconds) are
+#: epoch seconds far more often than data from 1970-1973.
+EPOCH_SECONDS_ABOVE_MS = 100_000_000_000
+
 
 def read_csv(path: Path, key: str | None = None, label_column: str = "label") -> Series:
     """Load `timestamp,value[,label]`. Naive timestamps are taken as UTC."""
@@ -57,8 +61,14 @@ def read_csv(path: Path, key: str | None = None, label_column: str = "label") ->
         )
     if frame.empty:
         raise DataError(f"{path}: no rows")
+    if pd.api.types.is_bool_dtype(frame["timestamp"]):
+        raise DataError(f"{path}: timestamps are true/false, not times")
     if pd.api.types.is_numeric_dtype(frame["timestamp"]):
         # Numbers are epoch milliseconds, as on the input topic.
+        if len(frame) and frame["timestamp"].max() < EPOCH_SECONDS_ABOVE_MS:
+            raise DataError(f"{path}: numeric timestamps are read as epoch milliseconds, and "
+                            f"these all fall before 1973 (the largest is "
+                            f"{frame['timestamp'].max()}); epoch seconds? multiply by 1000")
         ts = pd.to_datetime(frame["timestamp"], unit="ms", utc=True, errors="coerce")
     else:
         ts = pd.to_datetime(frame["timestamp"], utc=True, errors="coerce", format="mixed")
@@ -67,6 +77,8 @@ def read_csv(path: Path, key: str | None = None, label_column: str = "label") ->
         row = int(np.argmax(bad_ts.to_numpy())) + 2
         raise DataError(f"{path}:{row}: timestamp {frame['timestamp'].iloc[row - 2]!r} "
                         "does not parse")
+    if pd.api.types.is_bool_dtype(frame["value"]):
+        raise DataError(f"{path}: values are true/false, not numbers")
     values = pd.to_numeric(frame["value"], errors="coerce")
     as_float = values.to_numpy(dtype=np.float64, na_value=np.nan)
     bad_v = ~np.isfinite(as_float) | (np.abs(as_float) > FLOAT32_MAX)
@@ -75,6 +87,11 @@ def read_csv(path: Path, key: str | None = None, label_column: str = "label") ->
         raise DataError(f"{path}:{row}: value {str(frame['value'].iloc[row - 2])!r} is not a "
                         "finite number within the float32 range")
     ms = ts.dt.tz_localize(None).to_numpy().astype("datetime64[ms]").astype(np.int64)
+    outside = (ms < MIN_TIMESTAMP_MS) | (ms > MAX_TIMESTAMP_MS)
+    if outside.any():  # the stream refuses these too
+        row = int(np.argmax(outside)) + 2
+        raise DataError(f"{path}:{row}: timestamp {frame['timestamp'].iloc[row - 2]!r} is "
+                        "outside 1970-01-01 .. 2200-01-01")
     labels = None
     if label_column in frame.columns:
         labels = _labels(frame[label_column], path, label_column)
@@ -152,6 +169,8 @@ def keep_in_order(series: Series) -> tuple[Series, int]:
 
 
 def _parse_time(text: str) -> int:
+    if text.isdigit():  # epoch milliseconds, as in a CSV
+        return int(text)
     t = pd.Timestamp(text)
     t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
     return int(t.value // 1_000_000)

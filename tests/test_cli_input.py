@@ -154,3 +154,25 @@ def test_a_key_short_of_a_day_does_not_turn_the_season_off_for_the_rest() -> Non
     # No key has a day to spare: all are kept, and training falls back to no season.
     kept, skipped = trainable([_key("a", 300), _key("b", 400)], cfg)
     assert [s.key for s in kept] == ["a", "b"] and skipped == {}
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("timestamp,value\n1388534400,1\n1388534700,2\n", "epoch seconds"),
+    ("timestamp,value\n1969-12-31T00:00:00Z,1\n", ":2: timestamp .* outside 1970"),
+    ("timestamp,value\n2201-01-01T00:00:00Z,1\n", ":2: timestamp .* outside 1970"),
+    ("timestamp,value\n2014-01-01T00:00:00Z,True\n2014-01-01T00:05:00Z,False\n",
+     "true/false, not numbers"),
+])
+def test_files_refuse_what_the_stream_refuses(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "s.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=needle):
+        read_csv(path)
+
+
+def test_windows_may_be_given_in_epoch_milliseconds(tmp_path: Path) -> None:
+    from processor.dataset import read_windows
+
+    path = tmp_path / "w.json"
+    path.write_text("[[1388534400000, 1388538000000]]")
+    assert read_windows(path) == [(1388534400000, 1388538000000)]

@@ -3,7 +3,7 @@
 # Each writes benchmarks/results/nab-path/<name>.json (with its exact command and the
 # machine), the quoted one (default) benchmarks/results/nab-dev.json. Variants of the score
 # rule re-score the errors cached by the run before them (seconds); model variants train
-# anew (10-25 minutes each on 2 cores). About 100 minutes in all, uncached.
+# anew (10-20 minutes each on 2 cores). About two hours in all, uncached.
 #   scripts/nab-path.sh            # everything
 #   scripts/nab-path.sh NAME...    # some of them (names below)
 set -euo pipefail

@@ -50,7 +50,10 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("model_store", "ANOMALY_MODEL_STORE", "MODEL_STORE"),
         description="Directory of model versions (shared by trainer and processors).",
     )
-    model_name: str = "default"
+    model_name: str = Field(
+        "default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="Name of the model in the store: a folder name (letters, digits, . _ -), "
+        "so a version never lands outside model_store.")
     batch_max_records: int = Field(4096, ge=1, description="Most records scored per batch.")
     batch_max_wait_s: float = Field(
         0.1, gt=0, description="Longest wait for input when none has arrived; a batch is "

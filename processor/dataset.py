@@ -107,7 +107,7 @@ def _labels(column: pd.Series, path: Path, name: str) -> npt.NDArray[np.bool_]:
     known = text.isin(list(_LABEL_TEXT))
     if not known.all():
         row = int(np.argmax(~known.to_numpy())) + 2
-        raise DataError(f"{path}:{row}: {name} {column.iloc[row - 2]!r} is not 0 or 1")
+        raise DataError(f"{path}:{row}: {name} {str(column.iloc[row - 2])!r} is not 0 or 1")
     return text.map(_LABEL_TEXT).to_numpy(bool)
 
 

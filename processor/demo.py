@@ -134,6 +134,10 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         raise DataError("--train-rows leaves nothing to stream")
     for name in ("scored.jsonl", "demo.png", "processor.log", "models/demo/probe"):
         writable_file(args.out_dir / name, "the demo's output")
+    cfg_fields = {k.removeprefix("cfg_"): v for k, v in vars(args).items()
+                  if k.startswith("cfg_") and v is not None}
+    # Checked here, before anything is started or created on the broker.
+    cfg = TrainConfig(name="demo", **{"train_frac": 0.4, "val_frac": 0.35, **cfg_fields})
     if not args.external_broker:
         from processor.localbroker import start
 
@@ -147,9 +151,6 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(f"training on the first {len(head)} rows of {csv_path.name} "
           f"({ms_to_datetime(int(head.timestamps[0])):%Y-%m-%d} .. "
           f"{ms_to_datetime(int(head.timestamps[-1])):%Y-%m-%d}) ...", flush=True)
-    cfg_fields = {k.removeprefix("cfg_"): v for k, v in vars(args).items()
-                  if k.startswith("cfg_") and v is not None}
-    cfg = TrainConfig(name="demo", **{"train_frac": 0.4, "val_frac": 0.35, **cfg_fields})
     outcome = train([head], cfg, str(csv_path))
     version_dir = store_and_announce(outcome, settings, announce=True)
     metadata = read_metadata(version_dir)

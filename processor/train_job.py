@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +21,7 @@ from processor.dataset import (
     read_csv,
     read_windows,
     with_windows,
+    writable_file,
 )
 from processor.model_store import ModelMetadata, save_version
 from processor.train import TrainConfig, TrainOutcome, train, trainable
@@ -87,14 +89,15 @@ def topic_series(settings: Settings, since: str | None, until: str | None) -> li
             for k, v in by_key.items()]
 
 
-def _check_broker(settings: Settings) -> None:
+def _check_broker(settings: Settings, needed_for: str = "") -> None:
     from processor.stream.clients import check_broker
 
     try:
         check_broker(settings)
     except KafkaException as exc:
-        raise DataError(f"{exc.args[0]}; start one (`anomaly broker start`) or train with "
-                        "--no-announce") from None
+        fix = ("start one (`anomaly broker start`)" if needed_for else
+               "start one (`anomaly broker start`) or train with --no-announce")
+        raise DataError(f"{exc.args[0]}; {fix}") from None
 
 
 def _trainable(series: list[Series], cfg: TrainConfig) -> list[Series]:
@@ -147,8 +150,12 @@ def run_training(args: argparse.Namespace, settings: Settings) -> int:
     cfg_fields = {k.removeprefix("cfg_"): v for k, v in vars(args).items()
                   if k.startswith("cfg_") and v is not None}
     cfg = TrainConfig(name=settings.model_name, **cfg_fields)
-    if not args.no_announce:
-        _check_broker(settings)
+    if args.csv is not None and (args.since or args.until or args.since_hours is not None):
+        raise DataError("--since, --until and --since-hours select records of the topic; "
+                        "with --csv use --rows")
+    writable_file(settings.model_store / settings.model_name / "probe", "the model")
+    if args.from_topic or not args.no_announce:
+        _check_broker(settings, needed_for="reading the topic" if args.from_topic else "")
     if args.csv is not None:
         series = [first_rows(csv_series(args.csv, args.labels, args.key), args.rows)]
         source = str(args.csv)
@@ -216,6 +223,8 @@ def run_rollback(args: argparse.Namespace, settings: Settings) -> int:
     from processor.stream.clients import ensure_topics
     from processor.stream.model_topic import announce, announcement_for
 
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.version):
+        raise DataError(f"{args.version!r} is not a version name (see `anomaly versions`)")
     path = settings.model_store / settings.model_name / args.version
     metadata = read_metadata(path)
     ensure_topics(settings)

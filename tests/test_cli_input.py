@@ -176,3 +176,37 @@ def test_windows_may_be_given_in_epoch_milliseconds(tmp_path: Path) -> None:
     path = tmp_path / "w.json"
     path.write_text("[[1388534400000, 1388538000000]]")
     assert read_windows(path) == [(1388534400000, 1388538000000)]
+
+
+@pytest.mark.parametrize("name", ["../../escape", "a/b", ".hidden", ""])
+def test_a_model_name_is_a_folder_name_inside_the_store(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
+    csv = series_csv(tmp_path / "s.csv")
+    err = one_line_error(capsys, ["train", "--csv", str(csv), "--no-announce",
+                                  "--model-store", str(tmp_path / "store"),
+                                  "--model-name", name])
+    assert "model_name" in err
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--since", "2020-01-01T00:00:00Z"], "with --csv use --rows"),
+    (["--model-store", "BLOCKED"], "cannot write the model"),
+])
+def test_train_refuses_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       extra: list[str], needle: str) -> None:
+    csv = series_csv(tmp_path / "s.csv")
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    extra = [str(tmp_path / "blocked") if x == "BLOCKED" else x for x in extra]
+    started = time.monotonic()
+    err = one_line_error(capsys, ["train", "--csv", str(csv), "--no-announce", *extra])
+    assert needle in err
+    assert time.monotonic() - started < 30  # refused, not trained
+
+
+def test_demo_checks_training_settings_before_the_broker(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = one_line_error(capsys, ["demo", "--seed", "-3", "--external-broker",
+                                  "--bootstrap-servers", "127.0.0.1:1",
+                                  "--out-dir", str(tmp_path / "d")])
+    assert "seed" in err and "KafkaError" not in err

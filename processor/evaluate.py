@@ -452,7 +452,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
                      relative=args.relative, season=args.season,
                      gap_reset_intervals=args.gap_reset_intervals)
     corpus = checked_corpus(nab_dir, names, None if args.persistence else cfg)
-    whole = set(names) == set(data_files(nab_dir))
     out = writable_file(Path(args.out or args.out_dir / "evaluate.json"))
     if out.resolve().is_relative_to(nab_dir.resolve()):
         raise DataError(f"--out {out} lies inside --nab-dir {nab_dir}: it would overwrite "
@@ -504,21 +503,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "files_from_cache": cached, "machine": machine()}
     if args.sweep:
         summary["sweep"] = sweep(names, corpus, errors, nab_dir)
-    if whole:
-        # The published detectors' per-file score tables, where the folder has them
-        # (NAB's own checkout does; a folder of one's own series need not).
-        published = {d: _published(nab_dir, d) for d in PUBLISHED}
-        summary["published_same_files"] = {d: v for d, v in published.items() if v}
+    # The published detectors' per-file score tables, where the folder has them (NAB's
+    # own checkout does; a folder of one's own series need not), over the same files.
+    published = {d: _published(nab_dir, d, names) for d in PUBLISHED}
+    summary["published_same_files"] = {d: v for d, v in published.items() if v}
     print_report(summary, "persistence" if args.persistence else "this (LSTM)")
     out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"written: {out}; per-row results in NAB's format under {out_dir / 'results'}")
     return 0
 
 
-def _published(nab_dir: Path, detector: str) -> dict[str, float]:
+def _published(nab_dir: Path, detector: str, names: list[str]) -> dict[str, float]:
     """A published detector's scores over these files, or {} when the folder lacks them."""
     try:
-        return {p: round(v, 2) for p, v in published_scores(nab_dir, detector).items()}
+        return {p: round(v, 2)
+                for p, v in published_scores(nab_dir, detector, names).items()}
     except (OSError, ValueError, KeyError):
         return {}
 

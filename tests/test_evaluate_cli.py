@@ -142,8 +142,8 @@ def test_a_folder_without_published_tables_has_no_comparison(tmp_path: Path) -> 
     from tests.nab_data import NAB_DIR
 
     root = _nab_folder(tmp_path, "timestamp,value\n2020-01-01 00:00:00,1\n")
-    assert _published(root, "numenta") == {}
-    assert _published(NAB_DIR, "numenta")["standard"] > 0
+    assert _published(root, "numenta", ["c/x.csv"]) == {}
+    assert _published(NAB_DIR, "numenta", ["realKnownCause/nyc_taxi.csv"])["standard"] > 0
 
 
 GOOD = "timestamp,value\n" + "".join(

@@ -229,3 +229,20 @@ def test_results_round_trip(tmp_path):
     assert frame["label"].tolist() == [0, 1, 0]
     scores = corpus.load_anomaly_scores(tmp_path, "lstm", ["realKnownCause/x.csv"])
     np.testing.assert_array_equal(scores["realKnownCause/x.csv"], [0.1, 0.9, 0.2])
+
+
+@needs_data
+def test_published_scores_over_a_subset_use_only_its_files_and_windows():
+    names = corpus.data_files(NAB_DIR)
+    assert corpus.published_scores(NAB_DIR, "numenta", names) == \
+        corpus.published_scores(NAB_DIR, "numenta")
+    one = ["realKnownCause/nyc_taxi.csv"]
+    got = corpus.published_scores(NAB_DIR, "numenta", one)
+    n_windows = len(corpus.load_window_limits(NAB_DIR)[one[0]])
+    for profile, cost in corpus.load_profiles(NAB_DIR).items():
+        table = corpus.load_published_table(NAB_DIR, "numenta", profile)
+        raw = float(table.loc[table["File"] == one[0], "Score"].iloc[0])
+        expected = scoring.normalise(raw, scoring.null_score(n_windows, cost),
+                                     scoring.perfect_score(n_windows, cost))
+        assert got[profile] == pytest.approx(expected)
+        assert got[profile] != pytest.approx(corpus.published_scores(NAB_DIR, "numenta")[profile])

@@ -170,13 +170,15 @@ def load_published_table(nab_dir: Path, detector: str, profile: str) -> pd.DataF
     return table[table["Detector"] != "Totals"].reset_index(drop=True)
 
 
-def published_scores(nab_dir: Path, detector: str) -> dict[str, float]:
-    """A published detector's normalised score per profile over the series present here.
+def published_scores(nab_dir: Path, detector: str, names: list[str] | None = None
+                     ) -> dict[str, float]:
+    """A published detector's normalised score per profile over the series present here
+    (or over `names`, a subset of them).
 
     The published tables cover NAB's full corpus; summing only our files' raw scores and
     normalising by only our files' windows gives a scoreboard comparable to ours.
     """
-    names = data_files(nab_dir)
+    names = data_files(nab_dir) if names is None else names
     limits = load_window_limits(nab_dir)
     n_windows = sum(len(limits.get(name, [])) for name in names)
     result: dict[str, float] = {}

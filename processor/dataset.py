@@ -116,16 +116,16 @@ def _labels(column: pd.Series, path: Path, name: str) -> npt.NDArray[np.bool_]:
 MAX_SKIPPED_SHARE = 0.01
 
 
-def check_sorted(series: Series, source: object) -> int:
+def check_sorted(timestamps: npt.NDArray[np.int64], source: object) -> int:
     """Rows not later than every row before them, refused above `MAX_SKIPPED_SHARE`.
 
     The engine skips such rows, as the processor dead-letters them; a file sorted the
     wrong way round would otherwise shrink to a handful of rows without a word.
     """
-    skipped = int((~in_order_mask(series.timestamps)).sum())
-    if skipped > MAX_SKIPPED_SHARE * len(series):
-        raise DataError(f"{source}: {skipped} of {len(series)} rows are not later than the "
-                        "rows before them; sort the file by timestamp")
+    skipped = int((~in_order_mask(timestamps)).sum())
+    if skipped > MAX_SKIPPED_SHARE * len(timestamps):
+        raise DataError(f"{source}: {skipped} of {len(timestamps)} rows are not later than "
+                        "the rows before them; sort the file by timestamp")
     return skipped
 
 

@@ -35,7 +35,7 @@ import structlog
 from processor.bench import machine
 from processor.calibration import ScoreColumns, ScoreRule, ScoreStore, nab_score
 from processor.config import Settings
-from processor.dataset import MAX_SKIPPED_SHARE, DataError, Series, writable_file
+from processor.dataset import DataError, Series, check_sorted, writable_file
 from processor.detect import loaded_from_outcome
 from processor.engine import SCORED, Engine, Observation
 from processor.gaussian import Gaussian
@@ -415,10 +415,7 @@ def checked_corpus(nab_dir: Path, names: list[str], cfg: EvalConfig | None = Non
         # Rows not later than every row before them: the engine skips these, as the
         # stream processor does (out of order or a repeated timestamp).
         ts = cf.timestamps.astype(np.int64)
-        skipped = int((ts[1:] <= np.maximum.accumulate(ts)[:-1]).sum()) if len(ts) else 0
-        if skipped > MAX_SKIPPED_SHARE * len(ts):
-            raise DataError(f"{path}: {skipped} of {len(ts)} rows are not later than the rows "
-                            "before them; sort the file by timestamp")
+        skipped = check_sorted(ts, path)
         if skipped:
             print(f"note: {name}: {skipped} rows whose timestamp is not later than the rows "
                   "before them are skipped unscored", flush=True)

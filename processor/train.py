@@ -173,11 +173,9 @@ def resolve_season(series: Sequence[Series], cfg: TrainConfig) -> int:
     if cfg.season != "day":
         return cfg.season
     usable = [keep_in_order(s)[0] for s in series]  # as `prepare` will see them
-    intervals = [np.median(np.diff(s.timestamps)) for s in usable if len(s) > 1]
-    interval = float(np.median(intervals)) if intervals else 0.0
-    if not interval > 0:
+    season, intervals = day_rows(usable)
+    if not season:
         return 0
-    season = round(DAY_MS / interval)
     shortest = min(len(s) for s in usable)
     if season > MAX_DAY_ROWS:
         log.info("season_off", season_rows=season, reason=f"more than {MAX_DAY_ROWS} rows a "
@@ -194,6 +192,14 @@ def resolve_season(series: Sequence[Series], cfg: TrainConfig) -> int:
     return season
 
 
+def day_rows(usable: Sequence[Series]) -> tuple[int, list[float]]:
+    """One day in rows at the keys' median sampling interval (0 when unknown), and each
+    key's own median interval."""
+    intervals = [float(np.median(np.diff(s.timestamps))) for s in usable if len(s) > 1]
+    interval = float(np.median(intervals)) if intervals else 0.0
+    return (round(DAY_MS / interval) if interval > 0 else 0), intervals
+
+
 def trainable(series: Sequence[Series], cfg: TrainConfig
               ) -> tuple[list[Series], dict[str, int]]:
     """For retraining on many keys: the keys long enough to train on, and the rest with
@@ -204,27 +210,19 @@ def trainable(series: Sequence[Series], cfg: TrainConfig
     have a day to spare, is left out and scored with the default profile until a later
     retraining has enough of it. A single series is not filtered: it is the whole job.
     """
-    rows = {s.key: len(keep_in_order(s)[0]) for s in series}
-    need = 4 * (cfg.window + cfg.steps - 1)
-    kept = [s for s in series if rows[s.key] >= need]
+    usable = {s.key: keep_in_order(s)[0] for s in series}
+    rows = {k: len(u) for k, u in usable.items()}
+    kept = [s for s in series if rows[s.key] >= 4 * (cfg.window + cfg.steps - 1)]
     if cfg.season != "none" and kept:
-        season = cfg.season if cfg.season != "day" else _day_rows(kept)
-        if season and season > cfg.steps:
+        season = int(cfg.season) if cfg.season != "day" else day_rows(
+            [usable[s.key] for s in kept])[0]
+        if cfg.season == "day" and season > MAX_DAY_ROWS:
+            season = 0  # `resolve_season` turns it off and says so
+        if season > cfg.steps:
             fits = [s for s in kept if season_fits(rows[s.key], cfg, int(season))]
             kept = fits or kept  # none fits: `resolve_season` turns it off and says so
     names = {s.key for s in kept}
     return kept, {k: n for k, n in rows.items() if k not in names}
-
-
-def _day_rows(series: Sequence[Series]) -> int:
-    """One day in rows at the keys' median sampling interval (0 if unknown or too many)."""
-    usable = [keep_in_order(s)[0] for s in series]
-    intervals = [np.median(np.diff(s.timestamps)) for s in usable if len(s) > 1]
-    interval = float(np.median(intervals)) if intervals else 0.0
-    if not interval > 0:
-        return 0
-    season = round(DAY_MS / interval)
-    return season if season <= MAX_DAY_ROWS else 0
 
 
 def prepare(series: Series, cfg: TrainConfig) -> KeyWindows:

@@ -57,7 +57,7 @@ def csv_series(path: Path, labels: Path | None, key: str | None) -> Series:
     if key is not None and not key.strip():
         raise DataError("--key is empty; leave it out to use the file name")
     series = read_csv(path, key=key)
-    check_sorted(series, path)
+    check_sorted(series.timestamps, path)
     if labels is not None:
         series = with_windows(series, read_windows(labels, path))
     return series
@@ -65,7 +65,7 @@ def csv_series(path: Path, labels: Path | None, key: str | None) -> Series:
 
 def topic_series(settings: Settings, since: str | None, until: str | None) -> list[Series]:
     """Every valid record of the input topic in the time range, grouped by key."""
-    from processor.stream.codec import decode
+    from processor.stream.codec import decode, latest_accepted_ms
     from processor.stream.topic_reader import read_range
 
     start, end = parse_time(since), parse_time(until)
@@ -73,8 +73,7 @@ def topic_series(settings: Settings, since: str | None, until: str | None) -> li
         raise DataError(f"--since {since} is not before --until {until}")
     by_key: dict[str, list[tuple[int, float]]] = defaultdict(list)
     invalid = 0
-    latest = (int((time.time() + settings.max_future_s) * 1000) if settings.max_future_s
-              else None)
+    latest = latest_accepted_ms(settings.max_future_s)
     for raw in read_range(settings, settings.input_topic, start, end):
         item = decode(raw, settings.max_message_bytes, latest)
         if isinstance(item, DeadLetter):
@@ -89,15 +88,14 @@ def topic_series(settings: Settings, since: str | None, until: str | None) -> li
             for k, v in by_key.items()]
 
 
-def _check_broker(settings: Settings, needed_for: str = "") -> None:
+def _check_broker(settings: Settings, from_topic: bool) -> None:
     from processor.stream.clients import check_broker
 
     try:
         check_broker(settings)
     except KafkaException as exc:
-        fix = ("start one (`anomaly broker start`)" if needed_for else
-               "start one (`anomaly broker start`) or train with --no-announce")
-        raise DataError(f"{exc.args[0]}; {fix}") from None
+        fix = "" if from_topic else " or train with --no-announce"
+        raise DataError(f"{exc.args[0]}; start one (`anomaly broker start`){fix}") from None
 
 
 def _trainable(series: list[Series], cfg: TrainConfig) -> list[Series]:
@@ -155,7 +153,7 @@ def run_training(args: argparse.Namespace, settings: Settings) -> int:
                         "with --csv use --rows")
     writable_file(settings.model_store / settings.model_name / "probe", "the model")
     if args.from_topic or not args.no_announce:
-        _check_broker(settings, needed_for="reading the topic" if args.from_topic else "")
+        _check_broker(settings, from_topic=args.from_topic)
     if args.csv is not None:
         series = [first_rows(csv_series(args.csv, args.labels, args.key), args.rows)]
         source = str(args.csv)

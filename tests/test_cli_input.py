@@ -51,9 +51,9 @@ def test_labels_as_0_1_or_true_false_are_read(tmp_path: Path, label: str) -> Non
 def test_a_file_sorted_the_wrong_way_is_refused_not_shrunk(tmp_path: Path) -> None:
     s = read_csv(series_csv(tmp_path / "s.csv", 300, reverse=True))
     with pytest.raises(DataError, match=r"299 of 300 rows are not later.*sort the file"):
-        check_sorted(s, "s.csv")
+        check_sorted(s.timestamps, "s.csv")
     ok = read_csv(series_csv(tmp_path / "t.csv", 300))
-    assert check_sorted(ok, "t.csv") == 0
+    assert check_sorted(ok.timestamps, "t.csv") == 0
 
 
 def test_an_unwritable_output_is_found_before_the_work(tmp_path: Path) -> None:

@@ -53,7 +53,13 @@ from processor.engine import F64, STATUS_NAMES, BatchResult, Engine, Pending, to
 from processor.model_store import LoadedModel, ModelStoreError, latest_version, load_version
 from processor.stream.changelog import decode_state, encode_state, encode_states, restore
 from processor.stream.clients import consumer_config, ensure_topics, producer_config
-from processor.stream.codec import RawRecord, decode, encode, rejected_to_dead_letter
+from processor.stream.codec import (
+    RawRecord,
+    decode,
+    encode,
+    latest_accepted_ms,
+    rejected_to_dead_letter,
+)
 from processor.stream.metrics import Health, HealthServer, Metrics
 from processor.stream.model_topic import ModelWatcher
 from processor.stream.scheduling import (
@@ -565,7 +571,7 @@ class Processor:
         assert self._engine is not None
         s, started = self.settings, time.monotonic()
         observations, dead = [], []
-        latest = int((time.time() + s.max_future_s) * 1000) if s.max_future_s else None
+        latest = latest_accepted_ms(s.max_future_s)
         for raw in records:
             item = decode(raw, s.max_message_bytes, latest)
             if isinstance(item, DeadLetter):

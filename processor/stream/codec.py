@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -55,6 +56,11 @@ def _validation_detail(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "record"
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
+
+
+def latest_accepted_ms(max_future_s: float) -> int | None:
+    """The latest timestamp `decode` takes now: the clock plus `max_future_s` (0: any)."""
+    return int((time.time() + max_future_s) * 1000) if max_future_s else None
 
 
 def decode(raw: RawRecord, max_bytes: int, latest_ms: int | None = None

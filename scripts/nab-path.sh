@@ -39,10 +39,12 @@ declare -A FLAGS=(
   [steps-3]="--steps 3"
   [window-60]="--window 60"
   [units-64]="--units 64"
+  # the training schedule: the probationary model only, never retrained
+  [retrain-none]="--retrain none"
 )
 ORDER=(default quiet-0 quiet-200 alert-0.4 reference-500 reference-2000 peak-100 peak-400
        needs-band persistence seed-1 seed-2 window-60 units-64 no-season before
-       no-gap-reset steps-3)
+       no-gap-reset steps-3 retrain-none)
 
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=("${ORDER[@]}")
